@@ -1,0 +1,154 @@
+//! The producer's side: submit tasks, read their records, wait for their results.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::{sleep_until, timeout_at, Instant};
+
+use crate::error::{Error, Result};
+use crate::store::{Placement, Store};
+use crate::task::{Limits, TaskRecord, TaskSpec};
+
+/// How often a wait re-reads the records it waits on, in case a finish event was missed
+/// (pub/sub delivers at most once, and not across a reconnect).
+const WAIT_RESYNC: Duration = Duration::from_secs(2);
+
+/// Submits tasks and reads their outcomes. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    store: Store,
+    limits: Limits,
+}
+
+impl Client {
+    /// Connects to Redis at `url` with the default [`Limits`].
+    pub async fn connect(url: &str) -> Result<Client> {
+        Ok(Client::new(Store::connect(url).await?))
+    }
+
+    /// A client on an existing store handle.
+    pub fn new(store: Store) -> Client {
+        Client {
+            store,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Replaces the limits checked before submitting.
+    pub fn with_limits(mut self, limits: Limits) -> Client {
+        self.limits = limits;
+        self
+    }
+
+    /// The underlying store, for reads the client does not wrap.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Validates and submits one task; says where it went.
+    pub async fn submit(&self, spec: &TaskSpec) -> Result<Placement> {
+        let checked = spec.validate(&self.limits)?;
+        self.store.submit_task(spec, &checked).await
+    }
+
+    /// Validates every task, then submits them all in one pipelined round trip. If any task
+    /// is invalid, none is written.
+    pub async fn submit_many(&self, specs: &[TaskSpec]) -> Result<Vec<Placement>> {
+        let checked = specs
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                s.validate(&self.limits)
+                    .map_err(|source| Error::InvalidInBatch { index, source })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pairs: Vec<_> = specs.iter().zip(checked.iter()).collect();
+        self.store.submit_tasks(&pairs).await
+    }
+
+    /// Reads a task's record by id, from whichever queue holds it.
+    pub async fn task(&self, id: &str) -> Result<TaskRecord> {
+        self.store.find_task(id).await
+    }
+
+    /// Waits until the task is finished (succeeded or failed) and returns its record, or
+    /// [`Error::WaitTimedOut`] after `timeout`.
+    pub async fn wait(&self, queue: &str, id: &str, timeout: Duration) -> Result<TaskRecord> {
+        let mut all = self.wait_all(queue, &[id.to_string()], timeout).await?;
+        all.pop().ok_or_else(|| Error::TaskNotFound(id.to_string()))
+    }
+
+    /// Waits until every task in `ids` is finished; returns their records in `ids` order.
+    /// Blocks on the queue's finish events rather than polling.
+    pub async fn wait_all(
+        &self,
+        queue: &str,
+        ids: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<TaskRecord>> {
+        let deadline = Instant::now() + timeout;
+        // Subscribe before the first read, so no finish can slip between the two.
+        let mut events = self.store.subscribe_events(queue).await?;
+        let mut open: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut resync = Instant::now();
+        let mut stream = events.on_message();
+        let mut live = true;
+        loop {
+            if Instant::now() >= resync {
+                for id in open.clone() {
+                    match self.store.task(queue, id).await? {
+                        Some(t) if t.state.is_terminal() => {
+                            open.remove(id);
+                        }
+                        Some(_) => {}
+                        None => return Err(Error::TaskNotFound(id.to_string())),
+                    }
+                }
+                resync = Instant::now() + WAIT_RESYNC;
+            }
+            if open.is_empty() {
+                break;
+            }
+            let until = deadline.min(resync);
+            let event = if live {
+                timeout_at(until, stream.next()).await.ok()
+            } else {
+                sleep_until(until).await;
+                None
+            };
+            match event {
+                Some(Some(msg)) => {
+                    let id: String = msg.get_payload()?;
+                    if open.contains(id.as_str()) {
+                        let done = self.store.task(queue, &id).await?;
+                        if done.is_some_and(|t| t.state.is_terminal()) {
+                            open.remove(id.as_str());
+                        }
+                    }
+                }
+                // The subscription dropped: go on re-reading every WAIT_RESYNC.
+                Some(None) => live = false,
+                None if Instant::now() >= deadline => {
+                    let id = open.iter().next().copied().unwrap_or_default();
+                    return Err(Error::WaitTimedOut {
+                        id: id.to_string(),
+                        waited: timeout,
+                    });
+                }
+                None => {}
+            }
+        }
+        drop(stream);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(
+                self.store
+                    .task(queue, id)
+                    .await?
+                    .ok_or_else(|| Error::TaskNotFound(id.clone()))?,
+            );
+        }
+        Ok(out)
+    }
+}

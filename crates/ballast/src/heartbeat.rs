@@ -1,0 +1,40 @@
+//! The heartbeat loop: tells Redis, on its own clock, that this worker is alive.
+//!
+//! Each beat is one idempotent script call (`heartbeat_worker.lua`) that also runs placement,
+//! so anything a capped placement left behind is placed within one interval.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::store::Store;
+use crate::worker::stopped;
+
+pub(crate) struct Heartbeat {
+    pub(crate) store: Store,
+    pub(crate) queue: String,
+    pub(crate) worker: String,
+    pub(crate) interval: Duration,
+}
+
+impl Heartbeat {
+    /// Beats every `interval` until `stop` turns true.
+    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.step().await,
+                _ = stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    async fn step(&self) {
+        match self.store.heartbeat_worker(&self.queue, &self.worker).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(worker = %self.worker, "worker record is gone from redis"),
+            Err(e) => tracing::warn!(worker = %self.worker, error = %e, "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! ballast: a distributed task scheduler on Redis.
+//!
+//! Producers submit tasks with a cost and a priority; inside Redis, in atomic Lua scripts,
+//! each task is placed on the live worker with the most free capacity that fits it (and
+//! carries the tags it needs). Workers on any number of machines run the tasks and report
+//! results. A worker never holds more cost than its capacity, however many producers and
+//! workers race.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ballast::{Client, Store, TaskContext, TaskError, TaskSpec, Worker};
+//! use serde_json::json;
+//!
+//! # async fn demo() -> ballast::Result<()> {
+//! let store = Store::connect("redis://127.0.0.1:6379").await?;
+//!
+//! // A worker with 4 units of capacity that knows one kind of task.
+//! let worker = Worker::new(store.clone(), "images", 4).handle(
+//!     "resize",
+//!     |_ctx: TaskContext, p: serde_json::Value| async move { Ok::<_, TaskError>(p) },
+//! );
+//! tokio::spawn(worker.run(async { let _ = tokio::signal::ctrl_c().await; }));
+//!
+//! // A producer submits a task that holds 2 units while it runs, and waits for it.
+//! let client = Client::new(store);
+//! let task = TaskSpec::new("images", "resize").payload(json!({"w": 640})).cost(2);
+//! client.submit(&task).await?;
+//! let done = client.wait("images", &task.id, Duration::from_secs(10)).await?;
+//! println!("{:?}: {:?}", done.state, done.result);
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`task`]: the task model and its validation rules.
+//! - [`store`]: the one module that talks to Redis; its Lua scripts do all placement.
+//! - [`client`]: submit tasks, read records, wait for results.
+//! - [`worker`]: the worker runtime (register, run handlers within capacity, leave cleanly).
+//! - `heartbeat`: the worker's heartbeat loop.
+//! - [`handler`]: what a handler is ([`TaskContext`], [`TaskError`]).
+//! - [`error`]: the error enum.
+//! - `testing` (feature `testing`): a private `redis-server` for tests and demos.
+
+pub mod client;
+pub mod error;
+pub mod handler;
+mod heartbeat;
+pub mod store;
+pub mod task;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod worker;
+
+pub use client::Client;
+pub use error::{Error, Invalid, Result};
+pub use handler::{TaskContext, TaskError};
+pub use store::{Placement, QueueCounts, Store, WorkerRecord};
+pub use task::{Limits, TaskRecord, TaskSpec, TaskState};
+pub use worker::{Worker, WorkerConfig};

@@ -1,0 +1,254 @@
+-- lib.lua: the library every ballast script is compiled with (it is prepended to each one).
+--
+-- It owns three things that must be written once: key names, server time, and the one
+-- placement routine that every script changing supply or demand calls.
+--
+-- Every script receives the queue prefix as ARGV[1]: "ballast:{<queue>}:". All keys below
+-- are built from it, so they carry the queue's hash tag and live in one Redis Cluster slot.
+-- KEYS[1] of every script is a key under the same prefix, so Cluster routes the call there.
+
+local P = ARGV[1]
+
+-- Look-ahead: how many pending tasks one placement pass examines. A head task that fits no
+-- worker lets at most this many tasks behind it be considered.
+local LOOKAHEAD = 32
+-- Workers examined (in pages of 8) when looking for one that fits a task; bounds the work a
+-- task with tags can cost when the most-free workers lack its tags.
+local SCAN = 256
+-- Tasks placed by one script call at most: Redis runs scripts alone, so one call must stay
+-- short. Whatever is left is placed by the next finish or heartbeat.
+local MAX_PLACE = 1000
+-- Free-capacity index score: free * SHIFT + tie-break. Capacity is at most 1,000,000 (< 2^20)
+-- so the score stays below 2^52 and is exact as a double. The tie-break favours the worker
+-- that was assigned least recently, so equal workers share work evenly.
+local SHIFT = 4294967296
+-- Pending order score: (1000 - priority) * 2^40 + sequence. Priority is -1000..1000, so the
+-- highest priority sorts first and equal priorities keep submission order.
+local ORDER_SHIFT = 1099511627776
+
+local function key(name) return P .. name end
+local function task_key(id) return P .. 'task:' .. id end
+local function worker_key(w) return P .. 'worker:' .. w end
+local function inbox_key(w) return P .. 'worker:' .. w .. ':inbox' end
+local function held_key(w) return P .. 'worker:' .. w .. ':tasks' end
+-- Free-capacity index of all accepting workers, or of those carrying one tag.
+local function free_key(tag)
+  if tag then return P .. 'free:' .. tag end
+  return P .. 'free'
+end
+-- Capacity index (score = capacity) of all accepting workers, or of those with one tag.
+local function cap_key(tag)
+  if tag then return P .. 'cap:' .. tag end
+  return P .. 'cap'
+end
+
+local function fmt(n) return string.format('%.0f', n) end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function split_tags(s)
+  local out = {}
+  if s and s ~= '' then
+    for t in string.gmatch(s, '[^,]+') do out[#out + 1] = t end
+  end
+  return out
+end
+
+-- Tag membership comes from the tag's free index: a worker carries tag t while it accepts
+-- work exactly when it is a member of free:t.
+local function has_tags(w, tags, from)
+  for i = from, #tags do
+    if not redis.call('ZSCORE', free_key(tags[i]), w) then return false end
+  end
+  return true
+end
+
+-- Re-score worker w in the free indexes (or drop it from them when it no longer accepts).
+local function index_worker(w)
+  local h = redis.call('HMGET', worker_key(w), 'capacity', 'assigned', 'tick', 'tags', 'state')
+  local tags = split_tags(h[4])
+  if h[5] ~= 'active' then
+    redis.call('ZREM', free_key(), w)
+    redis.call('ZREM', cap_key(), w)
+    for _, t in ipairs(tags) do
+      redis.call('ZREM', free_key(t), w)
+      redis.call('ZREM', cap_key(t), w)
+    end
+    return
+  end
+  local free = tonumber(h[1]) - tonumber(h[2])
+  local score = fmt(free * SHIFT + (SHIFT - 1 - (tonumber(h[3]) % SHIFT)))
+  redis.call('ZADD', free_key(), score, w)
+  for _, t in ipairs(tags) do redis.call('ZADD', free_key(t), score, w) end
+end
+
+-- The largest free capacity of any accepting worker.
+local function max_free()
+  local top = redis.call('ZREVRANGE', free_key(), 0, 0, 'WITHSCORES')
+  if #top == 0 then return 0 end
+  return math.floor(tonumber(top[2]) / SHIFT)
+end
+
+-- Is a worker usable for the task identified by `id`? A worker reserved for another blocked
+-- task is not.
+local function usable(w, reserved, id)
+  local r = reserved[w]
+  return r == nil or r == id
+end
+
+-- The accepting worker with the most free capacity that fits `cost` and carries `tags`.
+local function best_fit(cost, tags, reserved, id)
+  local idx = free_key(tags[1])
+  local min = fmt(cost * SHIFT)
+  for off = 0, SCAN - 1, 8 do
+    local ws = redis.call('ZREVRANGEBYSCORE', idx, '+inf', min, 'LIMIT', off, 8)
+    for _, w in ipairs(ws) do
+      if usable(w, reserved, id) and has_tags(w, tags, 2) then return w end
+    end
+    if #ws < 8 then return nil end
+  end
+  return nil
+end
+
+-- For a task that fits nowhere now: the eligible worker, large enough once it drains, with
+-- the most free capacity. Reserving it (no smaller task goes there during this call) means
+-- its free capacity can only grow, so the blocked task is placed as soon as it fits.
+local function reserve_for(cost, tags, reserved)
+  local idx = free_key(tags[1])
+  for off = 0, SCAN - 1, 8 do
+    local ws = redis.call('ZREVRANGE', idx, off, off + 7)
+    for _, w in ipairs(ws) do
+      if reserved[w] == nil and has_tags(w, tags, 2)
+        and tonumber(redis.call('HGET', worker_key(w), 'capacity')) >= cost then
+        return w
+      end
+    end
+    if #ws < 8 then return nil end
+  end
+  return nil
+end
+
+-- Could any accepting worker ever run the task (capacity and tags)? Answers true when the
+-- scan bound is reached, so that a task is never parked by mistake.
+local function capable(cost, tags)
+  local idx = cap_key(tags[1])
+  for off = 0, SCAN - 1, 8 do
+    local ws = redis.call('ZREVRANGE', idx, off, off + 7, 'WITHSCORES')
+    for i = 1, #ws, 2 do
+      if tonumber(ws[i + 1]) < cost then return false end
+      if has_tags(ws[i], tags, 2) then return true end
+    end
+    if #ws < 16 then return false end
+  end
+  return true
+end
+
+-- Hand task `id` to worker `w`: charge its cost, queue it in the worker's inbox, and issue a
+-- new lease (the fencing token every later call about this assignment must present).
+local function assign(id, w, cost, now)
+  local tick = redis.call('INCR', key('tick'))
+  redis.call('HINCRBY', worker_key(w), 'assigned', cost)
+  redis.call('HSET', worker_key(w), 'tick', tick)
+  index_worker(w)
+  redis.call('HINCRBY', task_key(id), 'lease', 1)
+  redis.call('HSET', task_key(id), 'state', 'assigned', 'worker', w, 'assigned_at', now)
+  redis.call('ZREM', key('pending'), id)
+  redis.call('ZADD', key('assigned'), now, id)
+  redis.call('SADD', held_key(w), id)
+  redis.call('RPUSH', inbox_key(w), id)
+end
+
+-- Place pending tasks: highest priority first, FIFO within a priority, each on the eligible
+-- worker with the most free capacity that fits it. A task that fits nowhere now reserves the
+-- worker it will run on and the tasks behind it go around it (bounded by LOOKAHEAD); a task
+-- that no accepting worker could ever run is parked until a new worker joins.
+-- Returns the number of tasks placed.
+local function place(now)
+  local placed, reserved, seen = 0, {}, {}
+  while placed < MAX_PLACE and max_free() > 0 do
+    local ids = redis.call('ZRANGE', key('pending'), 0, LOOKAHEAD - 1, 'WITHSCORES')
+    local progress = false
+    for i = 1, #ids, 2 do
+      local id = ids[i]
+      if not seen[id] then
+        local h = redis.call('HMGET', task_key(id), 'cost', 'tags')
+        local cost, tags = tonumber(h[1]), split_tags(h[2])
+        local w = best_fit(cost, tags, reserved, id)
+        if w then
+          assign(id, w, cost, now)
+          placed = placed + 1
+          progress = true
+          if placed >= MAX_PLACE or max_free() == 0 then return placed end
+        else
+          seen[id] = true
+          local r = reserve_for(cost, tags, reserved)
+          if r then
+            reserved[r] = id
+          elseif not capable(cost, tags) then
+            redis.call('ZREM', key('pending'), id)
+            redis.call('ZADD', key('parked'), ids[i + 1], id)
+            progress = true
+          end
+        end
+      end
+    end
+    if not progress then break end
+  end
+  return placed
+end
+
+-- New supply (a worker joined): parked tasks get another chance; place() parks again those
+-- that still fit no one.
+local function unpark_all()
+  if redis.call('EXISTS', key('parked')) == 1 then
+    redis.call('ZUNIONSTORE', key('pending'), 2, key('pending'), key('parked'), 'AGGREGATE', 'MIN')
+    redis.call('DEL', key('parked'))
+  end
+end
+
+-- Put a held task back in pending at its original order, without counting an attempt, and
+-- take its cost off worker w. The caller re-indexes w and calls place().
+local function requeue(id, w)
+  local h = redis.call('HMGET', task_key(id), 'cost', 'order', 'state')
+  redis.call('ZREM', key(h[3]), id)
+  if h[3] == 'assigned' then redis.call('LREM', inbox_key(w), 0, id) end
+  redis.call('ZADD', key('pending'), h[2], id)
+  redis.call('HSET', task_key(id), 'state', 'pending', 'worker', '')
+  redis.call('HDEL', task_key(id), 'assigned_at', 'started_at')
+  redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[1]))
+  redis.call('SREM', held_key(w), id)
+end
+
+-- Claim up to `max` tasks for worker w: `given` ids (already popped from the inbox by the
+-- worker's blocking wait) and then more from the inbox. Each must still be assigned to w;
+-- a task that was taken back meanwhile is skipped. Returns flat records for the worker.
+local function claim(w, given, max, now)
+  local ids = {}
+  for _, id in ipairs(given) do ids[#ids + 1] = id end
+  if #ids < max then
+    local more = redis.call('LPOP', inbox_key(w), max - #ids)
+    if more then
+      for _, id in ipairs(more) do ids[#ids + 1] = id end
+    end
+  end
+  local out = {}
+  for _, id in ipairs(ids) do
+    local tk = task_key(id)
+    local h = redis.call('HMGET', tk, 'state', 'worker')
+    if h[1] == 'assigned' and h[2] == w then
+      local attempt = redis.call('HINCRBY', tk, 'attempts', 1)
+      redis.call('HSET', tk, 'state', 'running', 'started_at', now)
+      redis.call('ZREM', key('assigned'), id)
+      redis.call('ZADD', key('running'), now, id)
+      local r = redis.call('HMGET', tk, 'kind', 'payload', 'lease', 'cost', 'timeout_ms',
+        'max_attempts')
+      out[#out + 1] = { id, r[1], r[2], r[3], r[4], r[5], r[6], tostring(attempt) }
+    end
+  end
+  return out
+end
+
+-- ---- script body ----

@@ -1,0 +1,37 @@
+-- submit_task.lua: store a new task and place it (and anything else that now fits).
+--
+-- KEYS[1]  hash    the task record, P .. 'task:' .. id (routes the call on Cluster)
+-- ARGV[1]  string  queue prefix P = "ballast:{queue}:"; every other key is built from it
+-- ARGV[2]  string  task id
+-- ARGV[3]  string  queue name
+-- ARGV[4]  string  kind (handler name)
+-- ARGV[5]  string  payload (JSON text)
+-- ARGV[6]  int     priority, -1000..1000
+-- ARGV[7]  int     cost, >= 1
+-- ARGV[8]  string  required tags, sorted and comma-joined ("" for none)
+-- ARGV[9]  int     max attempts
+-- ARGV[10] int     timeout in milliseconds
+--
+-- Returns {"assigned", worker} | {"pending"} | {"parked"} | {"exists"} when the id is taken
+-- (so a retried batch does not submit twice).
+
+local tk = KEYS[1]
+local id, queue, kind, payload = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local priority, cost, tags = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local max_attempts, timeout_ms = ARGV[9], ARGV[10]
+
+if redis.call('EXISTS', tk) == 1 then return { 'exists' } end
+
+local now = now_ms()
+local order = fmt((1000 - priority) * ORDER_SHIFT + redis.call('INCR', key('seq')))
+redis.call('HSET', tk, 'id', id, 'queue', queue, 'kind', kind, 'payload', payload,
+  'priority', priority, 'cost', cost, 'tags', tags, 'max_attempts', max_attempts,
+  'timeout_ms', timeout_ms, 'state', 'pending', 'order', order, 'attempts', 0, 'lease', 0,
+  'submitted_at', now)
+redis.call('ZADD', key('pending'), order, id)
+place(now)
+
+local h = redis.call('HMGET', tk, 'state', 'worker')
+if h[1] == 'assigned' then return { 'assigned', h[2] } end
+if redis.call('ZSCORE', key('parked'), id) then return { 'parked' } end
+return { 'pending' }

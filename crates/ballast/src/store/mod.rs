@@ -1,0 +1,670 @@
+//! The one module that talks to Redis: every key name, every script and every command.
+//!
+//! Workers, clients and loops call [`Store`] methods named after what they do; each method
+//! that changes state runs one Lua script from `store/lua/`, so every change is atomic. The
+//! scripts share `lua/lib.lua` (key names, server time, placement), prepended at build time.
+//!
+//! Key layout (all keys of a queue carry its hash tag, `P = "ballast:{queue}:"`) is listed in
+//! ARCHITECTURE.md; [`Store::check_queue`] verifies its invariants.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncCommands, AsyncConnectionConfig, Script};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::task::{Checked, TaskRecord, TaskSpec, TaskState};
+
+const LIB: &str = include_str!("lua/lib.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LIB}{body}"))
+}
+
+static SUBMIT_TASK: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/submit_task.lua")));
+static REGISTER_WORKER: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/register_worker.lua")));
+static HEARTBEAT_WORKER: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/heartbeat_worker.lua")));
+static CLAIM_TASKS: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/claim_tasks.lua")));
+static FINISH_TASK: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/finish_task.lua")));
+static LEAVE_WORKER: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/leave_worker.lua")));
+
+/// The set of queue names (a directory for `status`; outside any queue's slot).
+const QUEUES_KEY: &str = "ballast:queues";
+
+/// Key prefix of a queue: `ballast:{queue}:`. The braces make the queue name the hash tag.
+pub fn prefix(queue: &str) -> String {
+    format!("ballast:{{{queue}}}:")
+}
+
+/// Where a submitted task went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "placement", content = "worker")]
+pub enum Placement {
+    /// Placed on this worker at once.
+    Assigned(String),
+    /// Waiting for a worker with room.
+    Pending,
+    /// No live worker could ever run it (capacity or tags); waits for one to join.
+    Parked,
+}
+
+/// A task handed to a worker by [`Store::claim_tasks`] or [`Store::finish_task`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedTask {
+    /// Task id.
+    pub id: String,
+    /// Handler name.
+    pub kind: String,
+    /// Payload, JSON text.
+    pub payload: String,
+    /// Fencing token of this assignment; finishing needs it.
+    pub lease: i64,
+    /// Capacity units the task holds.
+    pub cost: i64,
+    /// Timeout of this attempt, milliseconds.
+    pub timeout_ms: i64,
+    /// Attempts allowed.
+    pub max_attempts: i64,
+    /// This attempt's number, from 1.
+    pub attempt: i64,
+}
+
+impl ClaimedTask {
+    fn from_row(row: Vec<String>) -> Result<Self> {
+        let [id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt]: [String; 8] = row
+            .try_into()
+            .map_err(|r: Vec<String>| Error::Corrupt(format!("claim row {r:?}")))?;
+        let int = |s: String| {
+            s.parse::<i64>()
+                .map_err(|_| Error::Corrupt(format!("claimed task {id}: {s:?}")))
+        };
+        Ok(ClaimedTask {
+            lease: int(lease)?,
+            cost: int(cost)?,
+            timeout_ms: int(timeout_ms)?,
+            max_attempts: int(max_attempts)?,
+            attempt: int(attempt)?,
+            id,
+            kind,
+            payload,
+        })
+    }
+
+    fn from_rows(rows: Vec<Vec<String>>) -> Result<Vec<Self>> {
+        rows.into_iter().map(Self::from_row).collect()
+    }
+}
+
+/// How a task ended, as the worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Success with a JSON result.
+    Succeeded(String),
+    /// Failure with an error message.
+    Failed(String),
+}
+
+/// What [`Store::finish_task`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// Recorded; these tasks were claimed for the worker in the same call.
+    Recorded(Vec<ClaimedTask>),
+    /// Refused: the task is no longer this worker's under this lease. Nothing was written.
+    Stale,
+}
+
+/// How a worker leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// Stop taking work; hand back tasks not started yet; keep running ones.
+    Drain,
+    /// Hand back everything still held and delete the worker.
+    Remove,
+}
+
+/// Task counts of a queue by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueCounts {
+    /// Waiting for a worker (parked ones included).
+    pub pending: u64,
+    /// Of the pending, those no live worker could run (capacity or tags).
+    pub parked: u64,
+    /// Placed on a worker, not started.
+    pub assigned: u64,
+    /// Running.
+    pub running: u64,
+    /// Finished with a result.
+    pub succeeded: u64,
+    /// Finished with an error.
+    pub failed: u64,
+}
+
+/// A worker as Redis records it. Times are milliseconds on the Redis clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerRecord {
+    /// Worker id.
+    pub id: String,
+    /// `active` (taking work) or `draining` (finishing what it holds).
+    pub state: String,
+    /// Capacity in units.
+    pub capacity: i64,
+    /// Cost of the tasks assigned to or running on it.
+    pub assigned: i64,
+    /// Tags it carries.
+    pub tags: Vec<String>,
+    /// Last heartbeat.
+    pub heartbeat_at: i64,
+    /// When it registered.
+    pub registered_at: i64,
+    /// Tasks it finished (succeeded or failed).
+    pub finished: i64,
+}
+
+impl WorkerRecord {
+    fn from_fields(h: &HashMap<String, String>) -> Result<Self> {
+        let get = |f: &str| {
+            h.get(f)
+                .cloned()
+                .ok_or_else(|| Error::Corrupt(format!("worker field {f} missing")))
+        };
+        let int = |f: &str| {
+            get(f)?
+                .parse::<i64>()
+                .map_err(|_| Error::Corrupt(format!("worker field {f} is not an integer")))
+        };
+        Ok(WorkerRecord {
+            id: get("id")?,
+            state: get("state")?,
+            capacity: int("capacity")?,
+            assigned: int("assigned")?,
+            tags: split_tags(&get("tags")?),
+            heartbeat_at: int("heartbeat_at")?,
+            registered_at: int("registered_at")?,
+            finished: int("finished")?,
+        })
+    }
+}
+
+fn split_tags(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The state index (sorted set) each task state lives in; pending tasks may also be parked.
+fn state_key(p: &str, state: TaskState) -> String {
+    format!("{p}{state}")
+}
+
+/// The handle on Redis. Cheap to clone; clones share one multiplexed, reconnecting connection.
+#[derive(Clone)]
+pub struct Store {
+    client: redis::Client,
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects to Redis at `url` (`redis://host:port/db`, `redis+unix:///path/to.sock`).
+    pub async fn connect(url: &str) -> Result<Store> {
+        let client = redis::Client::open(url)?;
+        // Scripts that place a large batch can take longer than the client's default 500 ms.
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        Ok(Store { client, conn })
+    }
+
+    /// A connection of its own for blocking waits (a blocked command would hold up every
+    /// other command on a shared connection), with no response timeout.
+    pub async fn blocking_connection(&self) -> Result<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// A pub/sub connection subscribed to the queue's finish events (task ids).
+    pub async fn subscribe_events(&self, queue: &str) -> Result<redis::aio::PubSub> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(format!("{}events", prefix(queue))).await?;
+        Ok(pubsub)
+    }
+
+    /// Stores a checked task and places it. `submit_tasks` does many in one round trip.
+    pub async fn submit_task(&self, spec: &TaskSpec, checked: &Checked) -> Result<Placement> {
+        Ok(self
+            .submit_tasks(&[(spec, checked)])
+            .await?
+            .pop()
+            .unwrap_or(Placement::Pending))
+    }
+
+    /// Stores many checked tasks in one pipelined round trip; each is placed as it lands.
+    /// A task whose id is already stored is left as it is (a retried batch is harmless).
+    pub async fn submit_tasks(&self, tasks: &[(&TaskSpec, &Checked)]) -> Result<Vec<Placement>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        // A pipelined EVALSHA does not fall back to EVAL, so the script is loaded first.
+        SUBMIT_TASK.prepare_invoke().load_async(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        let mut queues: Vec<&str> = tasks.iter().map(|(s, _)| s.queue.as_str()).collect();
+        queues.dedup();
+        pipe.sadd(QUEUES_KEY, queues).ignore();
+        for (spec, checked) in tasks {
+            let p = prefix(&spec.queue);
+            pipe.cmd("EVALSHA")
+                .arg(SUBMIT_TASK.get_hash())
+                .arg(1)
+                .arg(format!("{p}task:{}", spec.id))
+                .arg(&p)
+                .arg(&spec.id)
+                .arg(&spec.queue)
+                .arg(&spec.kind)
+                .arg(&checked.payload)
+                .arg(spec.priority)
+                .arg(spec.cost)
+                .arg(checked.tags.join(","))
+                .arg(spec.max_attempts)
+                .arg(spec.timeout_ms);
+        }
+        let replies: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        replies
+            .into_iter()
+            .map(|r| match r.first().map(String::as_str) {
+                Some("assigned") => Ok(Placement::Assigned(r.get(1).cloned().unwrap_or_default())),
+                Some("parked") => Ok(Placement::Parked),
+                Some("pending" | "exists") => Ok(Placement::Pending),
+                _ => Err(Error::Corrupt(format!("submit_task replied {r:?}"))),
+            })
+            .collect()
+    }
+
+    /// Reads a task's record, or `None` when the queue has no such task.
+    pub async fn task(&self, queue: &str, id: &str) -> Result<Option<TaskRecord>> {
+        let mut conn = self.conn.clone();
+        let h: HashMap<String, String> =
+            conn.hgetall(format!("{}task:{id}", prefix(queue))).await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        TaskRecord::from_fields(h).map(Some).map_err(Error::Corrupt)
+    }
+
+    /// Finds a task by id in any known queue.
+    pub async fn find_task(&self, id: &str) -> Result<TaskRecord> {
+        for queue in self.queues().await? {
+            if let Some(t) = self.task(&queue, id).await? {
+                return Ok(t);
+            }
+        }
+        Err(Error::TaskNotFound(id.to_string()))
+    }
+
+    /// Records of up to `limit` tasks of a queue, in one state or all, oldest first within
+    /// each state (pending: in placement order).
+    pub async fn tasks(
+        &self,
+        queue: &str,
+        state: Option<TaskState>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let states: Vec<TaskState> = state.map_or(TaskState::ALL.to_vec(), |s| vec![s]);
+        let mut ids: Vec<String> = Vec::new();
+        let end = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        for s in states {
+            let mut keys = vec![state_key(&p, s)];
+            if s == TaskState::Pending {
+                keys.push(format!("{p}parked"));
+            }
+            for k in keys {
+                if ids.len() >= limit {
+                    break;
+                }
+                let got: Vec<String> = conn.zrange(k, 0, end).await?;
+                ids.extend(got);
+            }
+        }
+        ids.truncate(limit);
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(format!("{p}task:{id}"));
+        }
+        let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        rows.into_iter()
+            .filter(|h| !h.is_empty())
+            .map(|h| TaskRecord::from_fields(h).map_err(Error::Corrupt))
+            .collect()
+    }
+
+    /// Task counts by state.
+    pub async fn counts(&self, queue: &str) -> Result<QueueCounts> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for s in TaskState::ALL {
+            pipe.zcard(state_key(&p, s));
+        }
+        pipe.zcard(format!("{p}parked"));
+        let c: Vec<u64> = pipe.query_async(&mut conn).await?;
+        Ok(QueueCounts {
+            pending: c[0] + c[5],
+            assigned: c[1],
+            running: c[2],
+            succeeded: c[3],
+            failed: c[4],
+            parked: c[5],
+        })
+    }
+
+    /// Known queue names, sorted.
+    pub async fn queues(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut q: Vec<String> = conn.smembers(QUEUES_KEY).await?;
+        q.sort();
+        Ok(q)
+    }
+
+    /// Records of the queue's registered workers, sorted by id.
+    pub async fn workers(&self, queue: &str) -> Result<Vec<WorkerRecord>> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let mut ids: Vec<String> = conn.smembers(format!("{p}workers")).await?;
+        ids.sort();
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(format!("{p}worker:{id}"));
+        }
+        let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        rows.iter()
+            .filter(|h| !h.is_empty())
+            .map(WorkerRecord::from_fields)
+            .collect()
+    }
+
+    /// Registers a worker and places what now fits on it. A record left under the same id
+    /// by a process whose last heartbeat is older than `dead_after` is replaced (its tasks
+    /// are handed back first); a live one is refused with [`Error::WorkerIdTaken`].
+    pub async fn register_worker(
+        &self,
+        queue: &str,
+        worker: &str,
+        capacity: i64,
+        tags: &[String],
+        dead_after: Duration,
+    ) -> Result<()> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        conn.sadd::<_, _, ()>(QUEUES_KEY, queue).await?;
+        let reply: Vec<String> = REGISTER_WORKER
+            .key(format!("{p}worker:{worker}"))
+            .arg(&p)
+            .arg(worker)
+            .arg(capacity)
+            .arg(tags.join(","))
+            .arg(u64::try_from(dead_after.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut conn)
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("taken") => Err(Error::WorkerIdTaken(worker.to_string())),
+            _ => Err(Error::Corrupt(format!("register_worker replied {reply:?}"))),
+        }
+    }
+
+    /// Records a heartbeat (server time). `false` when the worker is no longer registered.
+    pub async fn heartbeat_worker(&self, queue: &str, worker: &str) -> Result<bool> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let alive: i64 = HEARTBEAT_WORKER
+            .key(format!("{p}worker:{worker}"))
+            .arg(&p)
+            .arg(worker)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(alive == 1)
+    }
+
+    /// Waits up to `timeout` on the worker's inbox and pops one task id. Uses `conn`, a
+    /// [`Store::blocking_connection`], so other commands are not held up.
+    pub async fn wait_inbox(
+        &self,
+        conn: &mut MultiplexedConnection,
+        queue: &str,
+        worker: &str,
+        timeout: Duration,
+    ) -> Result<Option<String>> {
+        let key = format!("{}worker:{worker}:inbox", prefix(queue));
+        let got: Option<(String, String)> = conn.blpop(key, timeout.as_secs_f64()).await?;
+        Ok(got.map(|(_, id)| id))
+    }
+
+    /// Marks up to `max` tasks of the worker's inbox running (`given` ids first, already
+    /// popped by [`Store::wait_inbox`]) and returns them.
+    pub async fn claim_tasks(
+        &self,
+        queue: &str,
+        worker: &str,
+        given: &[String],
+        max: usize,
+    ) -> Result<Vec<ClaimedTask>> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let rows: Vec<Vec<String>> = CLAIM_TASKS
+            .key(format!("{p}worker:{worker}:inbox"))
+            .arg(&p)
+            .arg(worker)
+            .arg(max.max(given.len()))
+            .arg(given)
+            .invoke_async(&mut conn)
+            .await?;
+        ClaimedTask::from_rows(rows)
+    }
+
+    /// Records a task's outcome under its lease, frees its cost, places what now fits, and
+    /// claims up to `claim_max` of the worker's next tasks in the same call.
+    pub async fn finish_task(
+        &self,
+        queue: &str,
+        worker: &str,
+        task: &ClaimedTask,
+        outcome: &Outcome,
+        claim_max: usize,
+    ) -> Result<Finish> {
+        let p = prefix(queue);
+        let (state, body) = match outcome {
+            Outcome::Succeeded(r) => ("succeeded", r),
+            Outcome::Failed(e) => ("failed", e),
+        };
+        let mut conn = self.conn.clone();
+        let (status, rows): (String, Vec<Vec<String>>) = FINISH_TASK
+            .key(format!("{p}task:{}", task.id))
+            .arg(&p)
+            .arg(worker)
+            .arg(&task.id)
+            .arg(task.lease)
+            .arg(state)
+            .arg(body)
+            .arg(claim_max)
+            .invoke_async(&mut conn)
+            .await?;
+        match status.as_str() {
+            "ok" => Ok(Finish::Recorded(ClaimedTask::from_rows(rows)?)),
+            "stale" => Ok(Finish::Stale),
+            _ => Err(Error::Corrupt(format!("finish_task replied {status:?}"))),
+        }
+    }
+
+    /// Drains or removes a worker; returns how many tasks it handed back.
+    pub async fn leave_worker(&self, queue: &str, worker: &str, how: Leave) -> Result<u64> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        Ok(LEAVE_WORKER
+            .key(format!("{p}worker:{worker}"))
+            .arg(&p)
+            .arg(worker)
+            .arg(match how {
+                Leave::Drain => "drain",
+                Leave::Remove => "remove",
+            })
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// Checks the queue's invariants and returns every violation found (empty when sound):
+    /// - each worker's assigned cost equals the cost of the tasks it holds, within capacity,
+    ///   and an active worker's free-index score says capacity - assigned;
+    /// - every task is in exactly one state index, the one its record names;
+    /// - every held task names its worker and is assigned or running; the inbox holds
+    ///   exactly the held tasks that are assigned.
+    ///
+    /// It reads every key of the queue (SCAN): for tests and audits, not for a hot path.
+    pub async fn check_queue(&self, queue: &str) -> Result<Vec<String>> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let mut bad = Vec::new();
+
+        // Where each task is indexed.
+        let mut index_of: HashMap<String, Vec<String>> = HashMap::new();
+        let indexes = [
+            "pending",
+            "parked",
+            "assigned",
+            "running",
+            "succeeded",
+            "failed",
+        ];
+        for name in indexes {
+            let ids: Vec<String> = conn.zrange(format!("{p}{name}"), 0, -1).await?;
+            for id in ids {
+                index_of.entry(id).or_default().push(name.to_string());
+            }
+        }
+        let mut task_keys: Vec<String> = Vec::new();
+        {
+            let mut it = conn.scan_match::<_, String>(format!("{p}task:*")).await?;
+            while let Some(k) = futures_util::StreamExt::next(&mut it).await {
+                task_keys.push(k?);
+            }
+        }
+        let mut tasks: HashMap<String, TaskRecord> = HashMap::new();
+        for k in task_keys {
+            let h: HashMap<String, String> = conn.hgetall(&k).await?;
+            match TaskRecord::from_fields(h) {
+                Ok(t) => {
+                    tasks.insert(t.id.clone(), t);
+                }
+                Err(e) => bad.push(format!("{k}: {e}")),
+            }
+        }
+        for (id, t) in &tasks {
+            let expect: &[&str] = match t.state {
+                TaskState::Pending => &["pending", "parked"],
+                s => &[s.as_str()][..],
+            };
+            match index_of.get(id).map(Vec::as_slice) {
+                Some([one]) if expect.contains(&one.as_str()) => {}
+                other => bad.push(format!("task {id} is {} but indexed in {other:?}", t.state)),
+            }
+        }
+        for id in index_of.keys() {
+            if !tasks.contains_key(id) {
+                bad.push(format!("index holds {id} which has no record"));
+            }
+        }
+
+        let workers: HashSet<String> = conn.smembers(format!("{p}workers")).await?;
+        for w in &workers {
+            let h: HashMap<String, String> = conn.hgetall(format!("{p}worker:{w}")).await?;
+            let rec = match WorkerRecord::from_fields(&h) {
+                Ok(r) => r,
+                Err(e) => {
+                    bad.push(format!("worker {w}: {e}"));
+                    continue;
+                }
+            };
+            let held: HashSet<String> = conn.smembers(format!("{p}worker:{w}:tasks")).await?;
+            let inbox: Vec<String> = conn.lrange(format!("{p}worker:{w}:inbox"), 0, -1).await?;
+            let mut cost = 0;
+            for id in &held {
+                match tasks.get(id) {
+                    Some(t)
+                        if t.worker.as_deref() == Some(w.as_str())
+                            && matches!(t.state, TaskState::Assigned | TaskState::Running) =>
+                    {
+                        cost += t.cost;
+                        let in_inbox = inbox.contains(id);
+                        if in_inbox != (t.state == TaskState::Assigned) {
+                            bad.push(format!("task {id} is {} but in_inbox={in_inbox}", t.state));
+                        }
+                    }
+                    _ => bad.push(format!("worker {w} holds {id} which is not its task")),
+                }
+            }
+            if inbox.iter().any(|id| !held.contains(id)) {
+                bad.push(format!("worker {w} inbox has tasks it does not hold"));
+            }
+            if cost != rec.assigned {
+                bad.push(format!(
+                    "worker {w} assigned={} but holds cost {cost}",
+                    rec.assigned
+                ));
+            }
+            if rec.assigned < 0 || rec.assigned > rec.capacity {
+                bad.push(format!(
+                    "worker {w} assigned={} capacity={}",
+                    rec.assigned, rec.capacity
+                ));
+            }
+            let score: Option<f64> = conn.zscore(format!("{p}free"), w).await?;
+            let indexed_free = score.map(|s| (s / 4_294_967_296.0).floor() as i64);
+            let expect = (rec.state == "active").then_some(rec.capacity - rec.assigned);
+            if indexed_free != expect {
+                bad.push(format!(
+                    "worker {w} free index {indexed_free:?}, expected {expect:?}"
+                ));
+            }
+        }
+        for (name, held) in [("free", true), ("cap", true)] {
+            let members: Vec<String> = conn.zrange(format!("{p}{name}"), 0, -1).await?;
+            for w in members {
+                if held && !workers.contains(&w) {
+                    bad.push(format!("{name} index has unknown worker {w}"));
+                }
+            }
+        }
+        for (id, t) in &tasks {
+            if let (Some(w), TaskState::Assigned | TaskState::Running) = (&t.worker, t.state) {
+                let held: bool = conn.sismember(format!("{p}worker:{w}:tasks"), id).await?;
+                if !held {
+                    bad.push(format!(
+                        "task {id} is {} on {w} which does not hold it",
+                        t.state
+                    ));
+                }
+            }
+        }
+        Ok(bad)
+    }
+}

@@ -1,0 +1,387 @@
+//! The worker runtime: register, heartbeat, run handlers within capacity, report outcomes,
+//! and leave cleanly on shutdown.
+//!
+//! Redis decides what runs here: placement never assigns more cost than the capacity the
+//! worker registered with, so the worker runs whatever reaches its inbox. A local semaphore
+//! of `capacity` units backs that up (a task waits for its units before it starts).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+
+use crate::error::{Invalid, Result};
+use crate::handler::{Handlers, TaskContext, TaskError};
+use crate::heartbeat::Heartbeat;
+use crate::store::{ClaimedTask, Finish, Leave, Outcome, Store};
+use crate::task::{check_name, check_tags, CAPACITY_MAX};
+
+/// Longest a blocking inbox wait lasts before it is renewed.
+const INBOX_WAIT: Duration = Duration::from_secs(5);
+/// Longest pause between retries of a Redis call the worker cannot give up on.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Timing of a worker. Units are given in each field's name or doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// How often the worker tells Redis it is alive. Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// A worker whose last heartbeat is older than this is dead; a new process may then
+    /// take over its id. Default 5 s; must be at least twice the heartbeat interval.
+    pub dead_after: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            dead_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks that the timings make sense together.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.heartbeat_interval.is_zero() {
+            return Err(Invalid::new("heartbeat_interval", "must be above 0"));
+        }
+        if self.dead_after < self.heartbeat_interval * 2 {
+            return Err(Invalid::new(
+                "dead_after",
+                format!(
+                    "{:?} is below twice the heartbeat interval ({:?})",
+                    self.dead_after, self.heartbeat_interval
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A worker: built with [`Worker::new`], given handlers with [`Worker::handle`], and run
+/// with [`Worker::run`] until its shutdown future completes.
+pub struct Worker {
+    store: Store,
+    queue: String,
+    id: String,
+    capacity: i64,
+    tags: Vec<String>,
+    config: WorkerConfig,
+    handlers: Handlers,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("queue", &self.queue)
+            .field("id", &self.id)
+            .field("capacity", &self.capacity)
+            .field("tags", &self.tags)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A default worker id: host name and process id, unique among live processes.
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| check_name("worker", h).is_ok())
+        .unwrap_or_else(|| "worker".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+impl Worker {
+    /// A worker for `queue` with `capacity` units (1..=1,000,000) and no handlers yet.
+    pub fn new(store: Store, queue: impl Into<String>, capacity: i64) -> Worker {
+        Worker {
+            store,
+            queue: queue.into(),
+            id: default_id(),
+            capacity,
+            tags: Vec::new(),
+            config: WorkerConfig::default(),
+            handlers: Handlers::default(),
+        }
+    }
+
+    /// Sets the worker id (default: host name and process id).
+    pub fn id(mut self, id: impl Into<String>) -> Worker {
+        self.id = id.into();
+        self
+    }
+
+    /// Adds a tag; tasks requiring it can run here.
+    pub fn tag(mut self, tag: impl Into<String>) -> Worker {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// Sets the timings.
+    pub fn config(mut self, config: WorkerConfig) -> Worker {
+        self.config = config;
+        self
+    }
+
+    /// Runs `f` for tasks of `kind`. The payload is decoded into `P`; the result is stored
+    /// as JSON.
+    pub fn handle<P, R, F, Fut>(mut self, kind: &str, f: F) -> Worker
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(TaskContext, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, TaskError>> + Send + 'static,
+    {
+        self.handlers.add(kind, f);
+        self
+    }
+
+    /// The worker's id.
+    pub fn worker_id(&self) -> &str {
+        &self.id
+    }
+
+    /// Registers, runs tasks until `shutdown` completes, then stops taking work, finishes
+    /// what it holds, and leaves the queue. Tasks placed here but not started when shutdown
+    /// comes are handed back to other workers without using an attempt.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        check_name("queue", &self.queue)?;
+        check_name("worker", &self.id)?;
+        if !(1..=CAPACITY_MAX).contains(&self.capacity) {
+            return Err(Invalid::new(
+                "capacity",
+                format!("{} is outside 1..={CAPACITY_MAX}", self.capacity),
+            )
+            .into());
+        }
+        let tags = check_tags("tags", &self.tags)?;
+        self.config.validate()?;
+        self.store
+            .register_worker(
+                &self.queue,
+                &self.id,
+                self.capacity,
+                &tags,
+                self.config.dead_after,
+            )
+            .await?;
+        tracing::info!(queue = %self.queue, worker = %self.id, capacity = self.capacity, ?tags, "worker registered");
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let heartbeat = tokio::spawn(
+            Heartbeat {
+                store: self.store.clone(),
+                queue: self.queue.clone(),
+                worker: self.id.clone(),
+                interval: self.config.heartbeat_interval,
+            }
+            .run(stop_rx.clone()),
+        );
+        let (in_flight, _) = watch::channel(0usize);
+        let runner = Arc::new(Runner {
+            slots: Arc::new(Semaphore::new(usize::try_from(self.capacity).unwrap_or(1))),
+            claim_max: usize::try_from(self.capacity).unwrap_or(1),
+            store: self.store,
+            queue: self.queue,
+            worker: self.id,
+            handlers: self.handlers,
+            in_flight,
+        });
+        let fetch = tokio::spawn(Arc::clone(&runner).fetch(stop_rx));
+
+        shutdown.await;
+        tracing::info!(worker = %runner.worker, "shutting down: finishing what it holds");
+        // Order matters: stop the inbox wait first, then leave the index (so nothing new is
+        // placed here and unstarted tasks go to others), then wait for running tasks, and
+        // only then remove the worker, which would otherwise hand back running tasks.
+        stop_tx.send_replace(true);
+        let _ = fetch.await;
+        runner
+            .retry("leave (drain)", || {
+                runner
+                    .store
+                    .leave_worker(&runner.queue, &runner.worker, Leave::Drain)
+            })
+            .await;
+        let mut idle = runner.in_flight.subscribe();
+        let _ = idle.wait_for(|n| *n == 0).await;
+        runner
+            .retry("leave (remove)", || {
+                runner
+                    .store
+                    .leave_worker(&runner.queue, &runner.worker, Leave::Remove)
+            })
+            .await;
+        let _ = heartbeat.await;
+        tracing::info!(worker = %runner.worker, "worker left");
+        Ok(())
+    }
+}
+
+/// Completes when `stop` turns true (or its sender is gone). Shared by the worker's loops.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns is not Send; it is dropped here, before any caller awaits.
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// The running part of a worker, shared by the fetch loop and the task futures.
+struct Runner {
+    store: Store,
+    queue: String,
+    worker: String,
+    handlers: Handlers,
+    slots: Arc<Semaphore>,
+    claim_max: usize,
+    /// Tasks claimed and not yet reported.
+    in_flight: watch::Sender<usize>,
+}
+
+impl Runner {
+    /// Waits on the inbox, claims what arrives, and starts it; until `stop`.
+    async fn fetch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut conn = None;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let c = match &mut conn {
+                Some(c) => c,
+                None => match self.store.blocking_connection().await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open the inbox connection");
+                        backoff = self.pause(backoff, &mut stop).await;
+                        continue;
+                    }
+                },
+            };
+            let got = tokio::select! {
+                r = self.store.wait_inbox(c, &self.queue, &self.worker, INBOX_WAIT) => r,
+                _ = stopped(&mut stop) => return,
+            };
+            match got {
+                Ok(Some(id)) => {
+                    let given = [id];
+                    let tasks = self
+                        .retry("claim", || {
+                            self.store.claim_tasks(
+                                &self.queue,
+                                &self.worker,
+                                &given,
+                                self.claim_max,
+                            )
+                        })
+                        .await;
+                    for t in tasks {
+                        Arc::clone(&self).start(t);
+                    }
+                    backoff = Duration::from_millis(50);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbox wait failed");
+                    conn = None;
+                    backoff = self.pause(backoff, &mut stop).await;
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, backoff: Duration, stop: &mut watch::Receiver<bool>) -> Duration {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {},
+            _ = stopped(stop) => {},
+        }
+        (backoff * 2).min(MAX_BACKOFF)
+    }
+
+    /// Retries a Redis call with backoff until it succeeds: used where giving up would
+    /// lose an outcome or leave a task stranded.
+    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match call().await {
+                Ok(v) => return v,
+                Err(e) => {
+                    tracing::warn!(worker = %self.worker, error = %e, "{what} failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Runs a claimed task in its own tokio task and reports it.
+    fn start(self: Arc<Self>, task: ClaimedTask) {
+        self.in_flight.send_modify(|n| *n += 1);
+        tokio::spawn(async move {
+            let units = u32::try_from(task.cost).unwrap_or(u32::MAX);
+            // Redis never assigns beyond capacity; a wait here only bridges the moment
+            // between a finish freeing units in Redis and its permit being dropped here.
+            let permit = Arc::clone(&self.slots).acquire_many_owned(units).await;
+            let outcome = self.execute(&task).await;
+            let finish = self
+                .retry("finish", || {
+                    self.store.finish_task(
+                        &self.queue,
+                        &self.worker,
+                        &task,
+                        &outcome,
+                        self.claim_max,
+                    )
+                })
+                .await;
+            drop(permit);
+            match finish {
+                Finish::Recorded(next) => {
+                    for t in next {
+                        Arc::clone(&self).start(t);
+                    }
+                }
+                Finish::Stale => {
+                    tracing::warn!(task = %task.id, "task was taken back; its outcome is dropped")
+                }
+            }
+            self.in_flight.send_modify(|n| *n -= 1);
+        });
+    }
+
+    /// Runs the handler under the task's timeout; a panic or a timeout is a failure.
+    async fn execute(&self, task: &ClaimedTask) -> Outcome {
+        let Some(handler) = self.handlers.get(&task.kind) else {
+            return Outcome::Failed(format!(
+                "no handler for kind {:?} on this worker",
+                task.kind
+            ));
+        };
+        let ctx = TaskContext {
+            id: task.id.clone(),
+            queue: self.queue.clone(),
+            kind: task.kind.clone(),
+            worker: self.worker.clone(),
+            attempt: task.attempt,
+            max_attempts: task.max_attempts,
+        };
+        let mut join = tokio::spawn(handler(ctx, &task.payload));
+        let limit = Duration::from_millis(u64::try_from(task.timeout_ms).unwrap_or(1));
+        match tokio::time::timeout(limit, &mut join).await {
+            Ok(Ok(Ok(value))) => Outcome::Succeeded(value.to_string()),
+            Ok(Ok(Err(e))) => Outcome::Failed(e.to_string()),
+            Ok(Err(e)) if e.is_panic() => Outcome::Failed("handler panicked".to_string()),
+            Ok(Err(_)) => Outcome::Failed("handler was cancelled".to_string()),
+            Err(_) => {
+                join.abort();
+                Outcome::Failed(format!("timed out after {} ms", task.timeout_ms))
+            }
+        }
+    }
+}
