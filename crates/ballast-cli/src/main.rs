@@ -1,1 +1,118 @@
-fn main() {}
+//! `ballast`: the command line for the ballast task scheduler.
+
+mod builtin;
+mod commands;
+mod demo;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Default Redis when neither `--redis` nor `BALLAST_REDIS_URL` is given.
+pub const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+
+/// ballast: a distributed task scheduler on Redis.
+#[derive(Parser, Debug)]
+#[command(name = "ballast", version, about)]
+pub struct Cli {
+    /// Redis URL (redis://host:port/db or redis+unix:///path.sock) [default: redis://127.0.0.1:6379]
+    #[arg(long, global = true, env = "BALLAST_REDIS_URL")]
+    pub redis: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a worker with the built-in handlers (noop, sleep, echo, fail) until SIGINT/SIGTERM.
+    Worker(commands::WorkerArgs),
+    /// Submit one task (prints its id), or many from a JSON-lines file (one id per line).
+    Submit(commands::SubmitArgs),
+    /// Show one task's record.
+    Task(commands::TaskArgs),
+    /// List the records of a queue's tasks.
+    Tasks(commands::TasksArgs),
+    /// Show counts by state per queue and the workers of each queue.
+    Status(commands::StatusArgs),
+    /// Run three workers of capacities 1, 2 and 4 on a mixed workload and show how load
+    /// followed capacity. Starts a private redis-server unless --redis is given.
+    Demo(demo::DemoArgs),
+}
+
+/// A CLI failure: printed as one line on stderr, exit status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// From the library.
+    #[error(transparent)]
+    Ballast(#[from] ballast::Error),
+    /// Reading a file or writing output.
+    #[error("{0}")]
+    Io(String),
+    /// An argument the library does not check.
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: clap's first line names the argument and the problem.
+            let text = e.render().to_string();
+            eprintln!(
+                "ballast: {}",
+                text.lines()
+                    .next()
+                    .unwrap_or("bad arguments")
+                    .trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match cli.command {
+        Command::Worker(_) => "ballast=info,warn",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ballast: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ballast: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let url = cli.redis.clone();
+    let url_or_default = || url.clone().unwrap_or_else(|| DEFAULT_REDIS.to_string());
+    match cli.command {
+        Command::Worker(a) => commands::worker(&url_or_default(), a).await,
+        Command::Submit(a) => commands::submit(&url_or_default(), a).await,
+        Command::Task(a) => commands::task(&url_or_default(), a).await,
+        Command::Tasks(a) => commands::tasks(&url_or_default(), a).await,
+        Command::Status(a) => commands::status(&url_or_default(), a).await,
+        Command::Demo(a) => demo::run(url, a).await,
+    }
+}

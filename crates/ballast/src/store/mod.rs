@@ -347,6 +347,9 @@ impl Store {
             }
         }
         ids.truncate(limit);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(format!("{p}task:{id}"));
@@ -392,6 +395,9 @@ impl Store {
         let mut conn = self.conn.clone();
         let mut ids: Vec<String> = conn.smembers(format!("{p}workers")).await?;
         ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(format!("{p}worker:{id}"));
