@@ -425,10 +425,9 @@ mod tests {
             .validate(&l)
             .expect_err("att");
         assert_eq!(e.field, "max_attempts");
-        let e = TaskSpec::new("q", "k")
-            .timeout_ms(0)
-            .validate(&l)
-            .expect_err("t");
+        let mut spec = TaskSpec::new("q", "k");
+        spec.timeout_ms = 0;
+        let e = spec.validate(&l).expect_err("timeout");
         assert_eq!(e.field, "timeout_ms");
     }
 

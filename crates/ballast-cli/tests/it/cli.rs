@@ -1,0 +1,394 @@
+//! Tests of the `ballast` binary: real worker processes, the submit command's refusals,
+//! and the JSON the inspection commands print.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use ballast::{TaskRecord, TaskState};
+use serde_json::Value;
+
+use crate::harness::Env;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ballast");
+
+/// A `ballast worker` process, stopped with SIGTERM (and reaped) on drop.
+struct WorkerProc(Child);
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn ballast(env: &Env, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["--redis", &env.url])
+        .args(args)
+        .output()
+        .expect("run ballast")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "ballast failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Starts `ballast worker` and waits until it has registered.
+async fn worker(env: &Env, queue: &str, id: &str, capacity: i64, tags: &[&str]) -> WorkerProc {
+    let cap = capacity.to_string();
+    let mut args = vec!["--redis", &env.url, "worker", "--queue", queue, "--id", id];
+    args.extend(["--capacity", &cap]);
+    for t in tags {
+        args.extend(["--tag", t]);
+    }
+    let child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn worker");
+    let proc = WorkerProc(child);
+    while !env
+        .store
+        .workers(queue)
+        .await
+        .expect("workers")
+        .iter()
+        .any(|w| w.id == id)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proc
+}
+
+/// Submits `lines` (JSON objects) with `submit --file`, returns the printed ids.
+fn submit_file(env: &Env, queue: &str, lines: &[String]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tasks.jsonl");
+    std::fs::write(&path, lines.join("\n")).expect("write");
+    let out = stdout(&ballast(
+        env,
+        &[
+            "submit",
+            "--queue",
+            queue,
+            "--file",
+            path.to_str().expect("path"),
+        ],
+    ));
+    out.lines().map(String::from).collect()
+}
+
+async fn wait_done(env: &Env, queue: &str, ids: &[String]) -> Vec<TaskRecord> {
+    env.client
+        .wait_all(queue, ids, Duration::from_secs(60))
+        .await
+        .expect("tasks finish")
+}
+
+/// The most cost each worker ever ran at once, from the task records (finish before start
+/// at the same millisecond).
+fn peak_load(records: &[TaskRecord]) -> HashMap<String, i64> {
+    let mut events: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+    for t in records {
+        let (Some(w), Some(s), Some(f)) = (&t.worker, t.started_at, t.finished_at) else {
+            panic!("task {} has no run interval", t.id);
+        };
+        let e = events.entry(w.clone()).or_default();
+        e.push((s, t.cost));
+        e.push((f, -t.cost));
+    }
+    events
+        .into_iter()
+        .map(|(w, mut e)| {
+            e.sort();
+            let (mut load, mut peak) = (0, 0);
+            for (_, d) in e {
+                load += d;
+                peak = peak.max(load);
+            }
+            (w, peak)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_follows_capacity_across_worker_processes() {
+    let env = Env::start().await;
+    let _w: Vec<WorkerProc> = [(1, "c1"), (2, "c2"), (4, "c4")]
+        .iter()
+        .map(|(c, id)| futures_block(worker(&env, "q", id, *c, &[])))
+        .collect();
+    let lines: Vec<String> = (0..70)
+        .map(|_| r#"{"kind":"sleep","payload":{"ms":40}}"#.to_string())
+        .collect();
+    let ids = submit_file(&env, "q", &lines);
+    assert_eq!(ids.len(), 70);
+    let records = wait_done(&env, "q", &ids).await;
+    assert!(records.iter().all(|t| t.state == TaskState::Succeeded));
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for t in &records {
+        *count
+            .entry(t.worker.as_deref().expect("worker"))
+            .or_default() += 1;
+    }
+    for (id, cap) in [("c1", 1.0), ("c2", 2.0), ("c4", 4.0)] {
+        let share = count[id] as f64 / 70.0;
+        let want = cap / 7.0;
+        assert!(
+            (share - want).abs() <= 0.2 * want,
+            "{id}: share {share:.3}, want {want:.3}"
+        );
+    }
+    let peak = peak_load(&records);
+    assert!(
+        peak["c1"] <= 1 && peak["c2"] <= 2 && peak["c4"] <= 4,
+        "{peak:?}"
+    );
+    env.assert_sound("q").await;
+}
+
+/// Runs a future to completion from sync code inside the multi-thread test runtime.
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_and_tags_choose_the_worker_and_a_tagged_task_waits() {
+    let env = Env::start().await;
+    let _w1 = worker(&env, "q", "c1", 1, &[]).await;
+    let _w2 = worker(&env, "q", "c2", 2, &[]).await;
+    let _w4 = worker(&env, "q", "c4", 4, &[]).await;
+    let gpu = stdout(&ballast(
+        &env,
+        &[
+            "submit",
+            "--queue",
+            "q",
+            "--kind",
+            "echo",
+            "--payload",
+            "{\"x\":1}",
+            "--tag",
+            "gpu",
+        ],
+    ));
+    let gpu = gpu.trim().to_string();
+    let big: Vec<String> = (0..6)
+        .map(|_| r#"{"kind":"sleep","payload":{"ms":20},"cost":4}"#.to_string())
+        .collect();
+    let big = submit_file(&env, "q", &big);
+    let mixed: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                r#"{{"kind":"sleep","payload":{{"ms":20}},"cost":{}}}"#,
+                1 + i % 2
+            )
+        })
+        .collect();
+    let mixed = submit_file(&env, "q", &mixed);
+    let records = wait_done(&env, "q", &big).await;
+    assert!(
+        records.iter().all(|t| t.worker.as_deref() == Some("c4")),
+        "cost 4 ran elsewhere"
+    );
+    for t in wait_done(&env, "q", &mixed).await {
+        if t.cost == 2 {
+            assert_ne!(t.worker.as_deref(), Some("c1"), "cost 2 on capacity 1");
+        }
+    }
+    // Every other task is done; the gpu task is still waiting, on no worker.
+    let t = env.client.task(&gpu).await.expect("gpu task");
+    assert_eq!((t.state, t.worker), (TaskState::Pending, None));
+    let _g = worker(&env, "q", "g1", 1, &["gpu"]).await;
+    let t = wait_done(&env, "q", std::slice::from_ref(&gpu))
+        .await
+        .remove(0);
+    assert_eq!(t.state, TaskState::Succeeded);
+    assert_eq!(t.worker.as_deref(), Some("g1"));
+    assert_eq!(t.result, Some(serde_json::json!({"x": 1})));
+    env.assert_sound("q").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_high_priority_tasks_start_before_waiting_low_ones() {
+    let env = Env::start().await;
+    let _w = worker(&env, "q", "solo", 1, &[]).await;
+    let low: Vec<String> = (0..20)
+        .map(|_| r#"{"kind":"sleep","payload":{"ms":30},"priority":-5}"#.to_string())
+        .collect();
+    let low = submit_file(&env, "q", &low);
+    let high: Vec<String> = (0..3)
+        .map(|_| r#"{"kind":"sleep","payload":{"ms":30},"priority":50}"#.to_string())
+        .collect();
+    let high = submit_file(&env, "q", &high);
+    let high = wait_done(&env, "q", &high).await;
+    let low = wait_done(&env, "q", &low).await;
+    let high_submitted = high.iter().map(|t| t.submitted_at).max().expect("high");
+    let last_high_start = high
+        .iter()
+        .filter_map(|t| t.started_at)
+        .max()
+        .expect("start");
+    // Low tasks already placed when the high ones arrived may run first; every low task
+    // still waiting then must start after all three high ones.
+    let waiting: Vec<&TaskRecord> = low
+        .iter()
+        .filter(|t| t.assigned_at.is_none_or(|a| a > high_submitted))
+        .collect();
+    assert!(
+        waiting.len() >= 15,
+        "the worker ran {} low tasks too fast",
+        20 - waiting.len()
+    );
+    for t in waiting {
+        assert!(
+            t.started_at.expect("started") >= last_high_start,
+            "low {} overtook",
+            t.id
+        );
+    }
+}
+
+#[tokio::test]
+async fn submit_refuses_bad_input_and_writes_nothing() {
+    let mut env = Env::start().await;
+    let long = "q".repeat(65);
+    let big = format!("\"{}\"", "x".repeat(2000));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--queue", "a}b", "--kind", "noop"], "invalid queue"),
+        (vec!["--queue", "a b", "--kind", "noop"], "invalid queue"),
+        (vec!["--queue", &long, "--kind", "noop"], "invalid queue"),
+        (
+            vec!["--queue", "q", "--kind", "noop", "--cost", "0"],
+            "invalid cost",
+        ),
+        (
+            vec!["--queue", "q", "--kind", "noop", "--cost", "-1"],
+            "invalid cost",
+        ),
+        (
+            vec!["--queue", "q", "--kind", "noop", "--payload", "{nope"],
+            "invalid payload",
+        ),
+        (
+            vec![
+                "--queue",
+                "q",
+                "--kind",
+                "noop",
+                "--payload",
+                &big,
+                "--max-payload-bytes",
+                "1024",
+            ],
+            "invalid payload",
+        ),
+        (
+            vec!["--queue", "q", "--kind", "noop", "--priority", "5000"],
+            "invalid priority",
+        ),
+        (vec!["--queue", "q", "--kind", "no op"], "invalid kind"),
+    ];
+    for (args, want) in cases {
+        let mut full = vec!["submit"];
+        full.extend(&args);
+        let out = ballast(&env, &full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+    assert!(
+        env.keys().await.is_empty(),
+        "a refused submit wrote to redis"
+    );
+}
+
+#[tokio::test]
+async fn submit_file_with_one_bad_line_writes_nothing() {
+    let mut env = Env::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.jsonl");
+    std::fs::write(
+        &path,
+        "{\"kind\":\"noop\"}\n{\"kind\":\"noop\",\"cost\":0}\n",
+    )
+    .expect("write");
+    let out = ballast(
+        &env,
+        &[
+            "submit",
+            "--queue",
+            "q",
+            "--file",
+            path.to_str().expect("p"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(":2: invalid cost"), "{err}");
+    assert!(env.keys().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspection_commands_print_stable_json() {
+    let env = Env::start().await;
+    let w = worker(&env, "q", "w1", 2, &["ssd"]).await;
+    let id = stdout(&ballast(
+        &env,
+        &[
+            "submit",
+            "--queue",
+            "q",
+            "--kind",
+            "fail",
+            "--payload",
+            r#"{"message":"boom"}"#,
+        ],
+    ));
+    let id = id.trim();
+    wait_done(&env, "q", &[id.to_string()]).await;
+
+    let t: Value =
+        serde_json::from_str(&stdout(&ballast(&env, &["task", id, "--json"]))).expect("json");
+    assert_eq!(t["state"], "failed");
+    assert_eq!(t["error"], "boom");
+    assert_eq!(t["worker"], "w1");
+    for f in ["submitted_at", "started_at", "finished_at"] {
+        assert!(t[f].as_i64().is_some_and(|v| v > 0), "{f}: {t}");
+    }
+    let human = stdout(&ballast(&env, &["task", id]));
+    assert!(human.contains("state         failed"), "{human}");
+
+    let list: Value = serde_json::from_str(&stdout(&ballast(
+        &env,
+        &["tasks", "--queue", "q", "--state", "failed", "--json"],
+    )))
+    .expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+
+    let s: Value =
+        serde_json::from_str(&stdout(&ballast(&env, &["status", "--json"]))).expect("json");
+    let q = &s["queues"][0];
+    assert_eq!(q["queue"], "q");
+    assert_eq!(q["counts"]["failed"], 1);
+    assert_eq!(q["workers"][0]["id"], "w1");
+    assert_eq!(q["workers"][0]["capacity"], 2);
+    assert_eq!(q["workers"][0]["tags"], serde_json::json!(["ssd"]));
+    assert_eq!(q["workers"][0]["finished"], 1);
+
+    // SIGTERM: the worker leaves the queue.
+    drop(w);
+    assert!(env.store.workers("q").await.expect("workers").is_empty());
+    let missing = ballast(&env, &["task", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+}

@@ -1,0 +1,317 @@
+//! Tests of `Store::finish_task` (finish_task.lua): the outcome is recorded, the cost freed
+//! and counted, the next task placed and claimed in the same call; a stale lease or a wrong
+//! worker is refused and writes nothing.
+
+use ballast::store::{ClaimedTask, Finish, Leave, Outcome};
+use serde_json::json;
+
+use crate::harness::{expect_keys, free_score, strmap, take_time, task, Env};
+
+const Q: &str = "jobs";
+
+/// A worker `w` of `capacity` running one claimed task of `cost`.
+async fn running(env: &mut Env, capacity: i64, cost: i64) -> ClaimedTask {
+    env.register(Q, "w", capacity, &[]).await;
+    let id = env.submit(task(Q, cost)).await;
+    let mut claimed = env.claim(Q, "w", 1).await;
+    assert_eq!(claimed.len(), 1);
+    let t = claimed.remove(0);
+    assert_eq!(t.id, id);
+    t
+}
+
+#[tokio::test]
+async fn success_is_recorded_and_the_cost_freed() {
+    let mut env = Env::start().await;
+    let t = running(&mut env, 3, 2).await;
+    let mut before = env.task_hash(Q, &t.id).await;
+
+    let lo = env.now_ms().await;
+    let got = env
+        .store
+        .finish_task(Q, "w", &t, &Outcome::Succeeded(r#"{"ok":true}"#.into()), 0)
+        .await
+        .expect("finish");
+    let hi = env.now_ms().await;
+    assert_eq!(got, Finish::Recorded(vec![]));
+
+    let mut h = env.task_hash(Q, &t.id).await;
+    let finished = take_time(&mut h, "finished_at", lo, hi);
+    // Only state and result change; the record keeps who ran it, when and under which lease.
+    before.insert("state".into(), "succeeded".into());
+    before.insert("result".into(), r#"{"ok":true}"#.into());
+    assert_eq!(h, before);
+    assert_eq!(
+        env.zscores(Q, "succeeded").await,
+        vec![(t.id.clone(), finished as f64)]
+    );
+
+    let mut w = env.worker_hash(Q, "w").await;
+    w.remove("registered_at");
+    w.remove("heartbeat_at");
+    assert_eq!(
+        w,
+        strmap(&[
+            ("id", "w"),
+            ("capacity", "3"),
+            ("assigned", "0"),
+            ("tags", ""),
+            ("state", "active"),
+            ("tick", "1"),
+            ("finished", "1"),
+        ])
+    );
+    assert_eq!(
+        env.zscores(Q, "free").await,
+        vec![("w".to_string(), free_score(3, 1))]
+    );
+    let k = format!("task:{}", t.id);
+    assert_eq!(
+        env.keys().await,
+        expect_keys(
+            Q,
+            &[
+                "cap",
+                "free",
+                "heartbeats",
+                "seq",
+                "succeeded",
+                "tick",
+                &k,
+                "worker:w",
+                "workers",
+            ]
+        )
+    );
+    let rec = env.store.task(Q, &t.id).await.expect("read").expect("some");
+    assert_eq!(rec.result, Some(json!({"ok": true})));
+    assert_eq!(rec.error, None);
+    assert_eq!(rec.worker.as_deref(), Some("w"));
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn failure_is_recorded_with_its_error() {
+    let mut env = Env::start().await;
+    let t = running(&mut env, 2, 2).await;
+    let lo = env.now_ms().await;
+    let got = env
+        .store
+        .finish_task(Q, "w", &t, &Outcome::Failed("disk full".into()), 3)
+        .await
+        .expect("finish");
+    let hi = env.now_ms().await;
+    assert_eq!(got, Finish::Recorded(vec![]));
+    let mut h = env.task_hash(Q, &t.id).await;
+    let finished = take_time(&mut h, "finished_at", lo, hi);
+    assert_eq!(h["state"], "failed");
+    assert_eq!(h["error"], "disk full");
+    assert!(!h.contains_key("result"));
+    assert_eq!(
+        env.zscores(Q, "failed").await,
+        vec![(t.id.clone(), finished as f64)]
+    );
+    assert_eq!(env.worker_int(Q, "w", "assigned").await, 0);
+    assert_eq!(env.worker_int(Q, "w", "finished").await, 1);
+    let k = format!("task:{}", t.id);
+    assert_eq!(
+        env.keys().await,
+        expect_keys(
+            Q,
+            &[
+                "cap",
+                "failed",
+                "free",
+                "heartbeats",
+                "seq",
+                "tick",
+                &k,
+                "worker:w",
+                "workers",
+            ]
+        )
+    );
+    let rec = env.store.task(Q, &t.id).await.expect("read").expect("some");
+    assert_eq!(rec.error.as_deref(), Some("disk full"));
+    assert_eq!(rec.result, None);
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn the_next_pending_task_is_placed_and_claimed_in_the_same_call() {
+    let mut env = Env::start().await;
+    let t1 = running(&mut env, 2, 2).await;
+    let t2 = env.submit(task(Q, 2)).await;
+    let t3 = env.submit(task(Q, 1)).await;
+    assert_eq!(env.zrange(Q, "pending").await, vec![t2.clone(), t3.clone()]);
+
+    let lo = env.now_ms().await;
+    let next = env.finish(Q, "w", &t1, 5).await;
+    let hi = env.now_ms().await;
+    assert_eq!(
+        next,
+        vec![ClaimedTask {
+            id: t2.clone(),
+            kind: "noop".into(),
+            payload: "null".into(),
+            lease: 1,
+            cost: 2,
+            timeout_ms: 300_000,
+            max_attempts: 3,
+            attempt: 1,
+        }]
+    );
+    let mut h = env.task_hash(Q, &t2).await;
+    let assigned = take_time(&mut h, "assigned_at", lo, hi);
+    let started = take_time(&mut h, "started_at", lo, hi);
+    assert_eq!(assigned, started);
+    assert_eq!(
+        (
+            h["state"].as_str(),
+            h["worker"].as_str(),
+            h["attempts"].as_str()
+        ),
+        ("running", "w", "1")
+    );
+    assert_eq!(env.zrange(Q, "running").await, vec![t2.clone()]);
+    assert_eq!(env.zrange(Q, "pending").await, vec![t3.clone()]);
+    assert!(env.inbox(Q, "w").await.is_empty());
+    assert_eq!(env.worker_int(Q, "w", "assigned").await, 2);
+    assert_eq!(env.worker_int(Q, "w", "finished").await, 1);
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn claim_max_zero_leaves_the_next_task_in_the_inbox() {
+    let mut env = Env::start().await;
+    let t1 = running(&mut env, 1, 1).await;
+    let t2 = env.submit(task(Q, 1)).await;
+    assert!(env.finish(Q, "w", &t1, 0).await.is_empty());
+    assert_eq!(env.inbox(Q, "w").await, vec![t2.clone()]);
+    assert_eq!(env.task_hash(Q, &t2).await["state"], "assigned");
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn a_stale_lease_or_wrong_worker_is_refused_and_writes_nothing() {
+    let mut env = Env::start().await;
+    let t = running(&mut env, 2, 1).await;
+    env.register(Q, "w2", 2, &[]).await;
+    let waiting = env.submit(task(Q, 1)).await;
+    assert_eq!(env.worker_of(Q, &waiting).await.as_deref(), Some("w2"));
+    let before = env.snapshot().await;
+
+    let ok = Outcome::Succeeded("1".into());
+    let stale_lease = ClaimedTask {
+        lease: t.lease + 1,
+        ..t.clone()
+    };
+    let old_lease = ClaimedTask {
+        lease: t.lease - 1,
+        ..t.clone()
+    };
+    for (who, task) in [
+        ("w", &stale_lease),
+        ("w", &old_lease),
+        ("w2", &t),
+        ("nobody", &t),
+    ] {
+        let got = env
+            .store
+            .finish_task(Q, who, task, &ok, 5)
+            .await
+            .expect("finish");
+        assert_eq!(got, Finish::Stale, "{who} lease {}", task.lease);
+        assert_eq!(env.snapshot().await, before, "{who} lease {}", task.lease);
+    }
+    // A task that is assigned but not started cannot be finished either.
+    let on_w2 = ClaimedTask {
+        id: waiting.clone(),
+        lease: 1,
+        ..t.clone()
+    };
+    let got = env
+        .store
+        .finish_task(Q, "w2", &on_w2, &ok, 5)
+        .await
+        .expect("finish");
+    assert_eq!(got, Finish::Stale);
+    assert_eq!(env.snapshot().await, before);
+    // Nor an unknown task.
+    let ghost = ClaimedTask {
+        id: "ghost".into(),
+        ..t.clone()
+    };
+    let got = env
+        .store
+        .finish_task(Q, "w", &ghost, &ok, 5)
+        .await
+        .expect("finish");
+    assert_eq!(got, Finish::Stale);
+    assert_eq!(env.snapshot().await, before);
+    env.assert_sound(Q).await;
+
+    // The right worker and lease finish it once; a second finish is stale.
+    assert!(env.finish(Q, "w", &t, 0).await.is_empty());
+    let after = env.snapshot().await;
+    let got = env
+        .store
+        .finish_task(Q, "w", &t, &Outcome::Failed("late".into()), 5)
+        .await
+        .expect("finish");
+    assert_eq!(got, Finish::Stale);
+    assert_eq!(env.snapshot().await, after);
+    assert_eq!(env.task_hash(Q, &t.id).await["state"], "succeeded");
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn a_task_taken_back_cannot_be_finished_under_its_old_lease() {
+    let mut env = Env::start().await;
+    let t = running(&mut env, 2, 2).await;
+    env.register(Q, "w2", 2, &[]).await;
+    // w is removed while running t: t goes back and is placed on w2 under lease 2.
+    let back = env
+        .store
+        .leave_worker(Q, "w", Leave::Remove)
+        .await
+        .expect("remove");
+    assert_eq!(back, 1);
+    let h = env.task_hash(Q, &t.id).await;
+    assert_eq!(
+        (
+            h["state"].as_str(),
+            h["worker"].as_str(),
+            h["lease"].as_str()
+        ),
+        ("assigned", "w2", "2")
+    );
+    let before = env.snapshot().await;
+    for who in ["w", "w2"] {
+        let got = env
+            .store
+            .finish_task(Q, who, &t, &Outcome::Succeeded("1".into()), 1)
+            .await
+            .expect("finish");
+        assert_eq!(got, Finish::Stale, "{who}");
+        assert_eq!(env.snapshot().await, before);
+    }
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn a_draining_worker_finishes_but_claims_nothing_more() {
+    let mut env = Env::start().await;
+    let t1 = running(&mut env, 2, 2).await;
+    let t2 = env.submit(task(Q, 1)).await;
+    env.store
+        .leave_worker(Q, "w", Leave::Drain)
+        .await
+        .expect("drain");
+    assert!(env.finish(Q, "w", &t1, 5).await.is_empty());
+    assert_eq!(env.zrange(Q, "pending").await, vec![t2]);
+    assert_eq!(env.worker_int(Q, "w", "assigned").await, 0);
+    assert_eq!(env.worker_int(Q, "w", "finished").await, 1);
+    assert!(env.zscores(Q, "free").await.is_empty());
+    env.assert_sound(Q).await;
+}

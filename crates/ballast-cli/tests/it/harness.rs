@@ -1,0 +1,268 @@
+//! Shared test harness: a private Redis per test, a store and a raw connection on it, and
+//! helpers that seed and read the queue's keys.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use ballast::store::{prefix, ClaimedTask, Finish, Outcome, Store};
+use ballast::testing::RedisServer;
+use ballast::{Client, TaskSpec};
+use redis::AsyncCommands;
+
+/// A private Redis with a store and a raw connection on it. Dropping it kills the server.
+pub struct Env {
+    pub store: Store,
+    pub client: Client,
+    pub raw: redis::aio::MultiplexedConnection,
+    pub url: String,
+    // Last, so the server outlives the connections above while they drop.
+    _server: RedisServer,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        let server = RedisServer::start().expect("start redis-server");
+        let url = server.url();
+        let store = Store::connect(&url).await.expect("connect");
+        let raw = redis::Client::open(url.as_str())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("raw connection");
+        Env {
+            client: Client::new(store.clone()),
+            store,
+            raw,
+            url,
+            _server: server,
+        }
+    }
+
+    /// Every key in this Redis with its type, sorted: the whole state, for exact asserts.
+    pub async fn keys(&mut self) -> Vec<String> {
+        let mut keys: Vec<String> = self.raw.keys("*").await.expect("keys");
+        keys.sort();
+        keys
+    }
+
+    pub async fn zrange(&mut self, queue: &str, name: &str) -> Vec<String> {
+        self.raw
+            .zrange(format!("{}{name}", prefix(queue)), 0, -1)
+            .await
+            .expect("zrange")
+    }
+
+    pub async fn hash(&mut self, key: &str) -> HashMap<String, String> {
+        self.raw.hgetall(key).await.expect("hgetall")
+    }
+
+    pub async fn task_hash(&mut self, queue: &str, id: &str) -> HashMap<String, String> {
+        self.hash(&format!("{}task:{id}", prefix(queue))).await
+    }
+
+    pub async fn worker_hash(&mut self, queue: &str, w: &str) -> HashMap<String, String> {
+        self.hash(&format!("{}worker:{w}", prefix(queue))).await
+    }
+
+    pub async fn inbox(&mut self, queue: &str, w: &str) -> Vec<String> {
+        self.raw
+            .lrange(format!("{}worker:{w}:inbox", prefix(queue)), 0, -1)
+            .await
+            .expect("lrange")
+    }
+
+    /// Registers a worker with the default dead-after.
+    pub async fn register(&self, queue: &str, w: &str, capacity: i64, tags: &[&str]) {
+        let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        self.store
+            .register_worker(queue, w, capacity, &tags, Duration::from_secs(5))
+            .await
+            .expect("register");
+    }
+
+    /// Submits a task and returns its id.
+    pub async fn submit(&self, spec: TaskSpec) -> String {
+        self.client.submit(&spec).await.expect("submit");
+        spec.id
+    }
+
+    /// Asserts the queue's invariants hold.
+    pub async fn assert_sound(&self, queue: &str) {
+        let bad = self.store.check_queue(queue).await.expect("check");
+        assert!(bad.is_empty(), "invariants broken: {bad:#?}");
+    }
+}
+
+/// A cost-`cost` task of kind `noop` on `queue`.
+pub fn task(queue: &str, cost: i64) -> TaskSpec {
+    TaskSpec::new(queue, "noop").cost(cost)
+}
+
+/// Free-capacity index score multiplier (lib.lua `SHIFT`).
+pub const SHIFT: f64 = 4_294_967_296.0;
+
+/// Pending-order score multiplier (lib.lua `ORDER_SHIFT`).
+pub const ORDER_SHIFT: i64 = 1 << 40;
+
+/// Key `name` of `queue`: `ballast:{queue}:<name>`.
+pub fn qkey(queue: &str, name: &str) -> String {
+    format!("{}{name}", prefix(queue))
+}
+
+/// The whole expected key list: `ballast:queues` and the named keys of `queue`, sorted.
+pub fn expect_keys(queue: &str, names: &[&str]) -> Vec<String> {
+    let mut keys: Vec<String> = names.iter().map(|n| qkey(queue, n)).collect();
+    keys.push("ballast:queues".to_string());
+    keys.sort();
+    keys
+}
+
+/// The free-index score lib.lua gives a worker with `free` units and last assignment `tick`.
+pub fn free_score(free: i64, tick: i64) -> f64 {
+    free as f64 * SHIFT + (SHIFT - 1.0 - tick as f64)
+}
+
+/// The pending-order score of a task of `priority` that was the queue's `seq`-th submission.
+pub fn order_score(priority: i64, seq: i64) -> i64 {
+    (1000 - priority) * ORDER_SHIFT + seq
+}
+
+/// A map of owned strings, for comparing whole hashes.
+pub fn strmap(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Removes the time field `field` from a hash, asserting it lies within `lo..=hi` (ms).
+pub fn take_time(h: &mut HashMap<String, String>, field: &str, lo: i64, hi: i64) -> i64 {
+    let v: i64 = h
+        .remove(field)
+        .unwrap_or_else(|| panic!("field {field} missing"))
+        .parse()
+        .unwrap_or_else(|_| panic!("field {field} is not an integer"));
+    assert!(lo <= v && v <= hi, "{field}={v} is outside {lo}..={hi}");
+    v
+}
+
+impl Env {
+    /// The Redis server's clock in milliseconds (the clock the scripts use).
+    pub async fn now_ms(&mut self) -> i64 {
+        let (s, us): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.raw)
+            .await
+            .expect("time");
+        s * 1000 + us / 1000
+    }
+
+    /// Members of the set `name` of `queue`, sorted.
+    pub async fn smembers(&mut self, queue: &str, name: &str) -> Vec<String> {
+        let mut m: Vec<String> = self
+            .raw
+            .smembers(qkey(queue, name))
+            .await
+            .expect("smembers");
+        m.sort();
+        m
+    }
+
+    /// The sorted set `name` of `queue` with its scores, in order.
+    pub async fn zscores(&mut self, queue: &str, name: &str) -> Vec<(String, f64)> {
+        self.raw
+            .zrange_withscores(qkey(queue, name), 0, -1)
+            .await
+            .expect("zrange withscores")
+    }
+
+    /// Every key with its type and full contents: two snapshots are equal exactly when
+    /// nothing was written in between.
+    pub async fn snapshot(&mut self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for k in self.keys().await {
+            let ty: String = redis::cmd("TYPE")
+                .arg(&k)
+                .query_async(&mut self.raw)
+                .await
+                .expect("type");
+            let body = match ty.as_str() {
+                "string" => {
+                    let v: String = self.raw.get(&k).await.expect("get");
+                    v
+                }
+                "hash" => {
+                    let v: BTreeMap<String, String> = self.raw.hgetall(&k).await.expect("hgetall");
+                    format!("{v:?}")
+                }
+                "list" => {
+                    let v: Vec<String> = self.raw.lrange(&k, 0, -1).await.expect("lrange");
+                    format!("{v:?}")
+                }
+                "set" => {
+                    let v: BTreeSet<String> = self.raw.smembers(&k).await.expect("smembers");
+                    format!("{v:?}")
+                }
+                "zset" => {
+                    let v: Vec<(String, String)> =
+                        self.raw.zrange_withscores(&k, 0, -1).await.expect("zrange");
+                    format!("{v:?}")
+                }
+                other => panic!("unexpected type {other} of {k}"),
+            };
+            out.insert(k, format!("{ty} {body}"));
+        }
+        out
+    }
+
+    /// Claims up to `max` tasks from the worker's inbox.
+    pub async fn claim(&self, queue: &str, w: &str, max: usize) -> Vec<ClaimedTask> {
+        self.store
+            .claim_tasks(queue, w, &[], max)
+            .await
+            .expect("claim")
+    }
+
+    /// Finishes a claimed task successfully with result `null`, claiming up to `claim_max`
+    /// next tasks; panics unless it was recorded. Returns the newly claimed tasks.
+    pub async fn finish(
+        &self,
+        queue: &str,
+        w: &str,
+        task: &ClaimedTask,
+        claim_max: usize,
+    ) -> Vec<ClaimedTask> {
+        match self
+            .store
+            .finish_task(
+                queue,
+                w,
+                task,
+                &Outcome::Succeeded("null".into()),
+                claim_max,
+            )
+            .await
+            .expect("finish")
+        {
+            Finish::Recorded(next) => next,
+            Finish::Stale => panic!("finishing {} on {w} was refused as stale", task.id),
+        }
+    }
+
+    /// The worker each task is assigned to or runs on (`None` for a task with no worker).
+    pub async fn worker_of(&mut self, queue: &str, id: &str) -> Option<String> {
+        self.task_hash(queue, id)
+            .await
+            .remove("worker")
+            .filter(|w| !w.is_empty())
+    }
+
+    /// A worker hash field as an integer.
+    pub async fn worker_int(&mut self, queue: &str, w: &str, field: &str) -> i64 {
+        self.worker_hash(queue, w)
+            .await
+            .get(field)
+            .unwrap_or_else(|| panic!("worker {w} has no {field}"))
+            .parse()
+            .expect("integer field")
+    }
+}

@@ -1,0 +1,16 @@
+//! ballast's integration tests: one binary, every test against its own private
+//! `redis-server` (see `harness`).
+
+mod harness;
+
+mod claim_tasks;
+mod cli;
+mod finish_task;
+mod heartbeat_worker;
+mod leave_worker;
+mod placement;
+mod races;
+mod register_worker;
+mod submit_task;
+mod validation;
+mod worker;

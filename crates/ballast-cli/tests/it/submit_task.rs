@@ -1,0 +1,333 @@
+//! Tests of `Store::submit_task` (submit_task.lua): the stored record, where the task goes
+//! (assigned, pending or parked), and that a duplicate id changes nothing.
+
+use std::time::Duration;
+
+use ballast::{Placement, QueueCounts, TaskSpec, TaskState};
+use serde_json::json;
+
+use crate::harness::{
+    expect_keys, free_score, order_score, qkey, strmap, take_time, task, Env, ORDER_SHIFT,
+};
+
+const Q: &str = "jobs";
+
+#[tokio::test]
+async fn stores_the_record_with_every_field() {
+    let mut env = Env::start().await;
+    let spec = TaskSpec::new(Q, "resize")
+        .payload(json!({"size": [640, 480]}))
+        .priority(5)
+        .cost(3)
+        .tag("ssd")
+        .tag("gpu")
+        .tag("ssd")
+        .max_attempts(4)
+        .timeout(Duration::from_millis(1500));
+    let lo = env.now_ms().await;
+    let placed = env.client.submit(&spec).await.expect("submit");
+    let hi = env.now_ms().await;
+    assert_eq!(placed, Placement::Pending);
+
+    let mut h = env.task_hash(Q, &spec.id).await;
+    take_time(&mut h, "submitted_at", lo, hi);
+    let order = order_score(5, 1).to_string();
+    assert_eq!(
+        h,
+        strmap(&[
+            ("id", &spec.id),
+            ("queue", Q),
+            ("kind", "resize"),
+            ("payload", r#"{"size":[640,480]}"#),
+            ("priority", "5"),
+            ("cost", "3"),
+            ("tags", "gpu,ssd"),
+            ("max_attempts", "4"),
+            ("timeout_ms", "1500"),
+            ("state", "pending"),
+            ("order", &order),
+            ("attempts", "0"),
+            ("lease", "0"),
+        ])
+    );
+    assert_eq!(
+        env.zscores(Q, "pending").await,
+        vec![(spec.id.clone(), order_score(5, 1) as f64)]
+    );
+    let seq: i64 = redis::AsyncCommands::get(&mut env.raw, qkey(Q, "seq"))
+        .await
+        .expect("seq");
+    assert_eq!(seq, 1);
+    let queues: Vec<String> = redis::AsyncCommands::smembers(&mut env.raw, "ballast:queues")
+        .await
+        .expect("queues");
+    assert_eq!(queues, vec![Q.to_string()]);
+    assert_eq!(
+        env.keys().await,
+        expect_keys(Q, &["pending", "seq", &format!("task:{}", spec.id)])
+    );
+
+    // The typed read gives the same record back.
+    let rec = env
+        .store
+        .task(Q, &spec.id)
+        .await
+        .expect("read")
+        .expect("some");
+    assert_eq!(rec.state, TaskState::Pending);
+    assert_eq!(rec.payload, json!({"size": [640, 480]}));
+    assert_eq!(rec.tags, vec!["gpu", "ssd"]);
+    assert_eq!((rec.priority, rec.cost, rec.max_attempts), (5, 3, 4));
+    assert_eq!((rec.timeout_ms, rec.attempts, rec.lease), (1500, 0, 0));
+    assert_eq!(rec.worker, None);
+    assert_eq!(
+        (rec.assigned_at, rec.started_at, rec.finished_at),
+        (None, None, None)
+    );
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn order_puts_higher_priority_first_and_keeps_submission_order() {
+    let mut env = Env::start().await;
+    let a = env.submit(task(Q, 1)).await;
+    let b = env.submit(task(Q, 1).priority(1000)).await;
+    let c = env.submit(task(Q, 1).priority(-1000)).await;
+    let d = env.submit(task(Q, 1)).await;
+    assert_eq!(
+        env.zscores(Q, "pending").await,
+        vec![
+            (b.clone(), order_score(1000, 2) as f64),
+            (a.clone(), order_score(0, 1) as f64),
+            (d.clone(), order_score(0, 4) as f64),
+            (c.clone(), (2000 * ORDER_SHIFT + 3) as f64),
+        ]
+    );
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn assigned_when_a_worker_has_room() {
+    let mut env = Env::start().await;
+    env.register(Q, "w1", 4, &[]).await;
+    let spec = task(Q, 3);
+    let lo = env.now_ms().await;
+    let placed = env.client.submit(&spec).await.expect("submit");
+    let hi = env.now_ms().await;
+    assert_eq!(placed, Placement::Assigned("w1".into()));
+
+    let id = spec.id.clone();
+    let mut h = env.task_hash(Q, &id).await;
+    let submitted = take_time(&mut h, "submitted_at", lo, hi);
+    let assigned = take_time(&mut h, "assigned_at", submitted, hi);
+    assert_eq!(h["state"], "assigned");
+    assert_eq!(h["worker"], "w1");
+    assert_eq!(h["lease"], "1");
+    assert_eq!(h["attempts"], "0");
+
+    let w = env.worker_hash(Q, "w1").await;
+    assert_eq!((w["assigned"].as_str(), w["capacity"].as_str()), ("3", "4"));
+    assert_eq!(w["tick"], "1");
+    assert_eq!(env.inbox(Q, "w1").await, vec![id.clone()]);
+    assert_eq!(env.smembers(Q, "worker:w1:tasks").await, vec![id.clone()]);
+    assert_eq!(
+        env.zscores(Q, "assigned").await,
+        vec![(id.clone(), assigned as f64)]
+    );
+    assert_eq!(
+        env.zscores(Q, "free").await,
+        vec![("w1".to_string(), free_score(1, 1))]
+    );
+    assert_eq!(
+        env.keys().await,
+        expect_keys(
+            Q,
+            &[
+                "assigned",
+                "cap",
+                "free",
+                "heartbeats",
+                "seq",
+                "tick",
+                &format!("task:{id}"),
+                "worker:w1",
+                "worker:w1:inbox",
+                "worker:w1:tasks",
+                "workers",
+            ]
+        )
+    );
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn pending_when_no_worker_has_room() {
+    let mut env = Env::start().await;
+    // No worker at all: pending, not parked (nothing is known about supply).
+    let lonely = env.submit(task(Q, 1000)).await;
+    assert_eq!(env.zrange(Q, "pending").await, vec![lonely.clone()]);
+
+    env.register(Q, "w1", 2, &[]).await;
+    // Registration parks what no worker could ever run.
+    assert_eq!(env.zrange(Q, "parked").await, vec![lonely.clone()]);
+
+    let first = task(Q, 2);
+    assert_eq!(
+        env.client.submit(&first).await.expect("submit"),
+        Placement::Assigned("w1".into())
+    );
+    // The worker is full: a task that fits it once it frees up waits in pending.
+    let second = task(Q, 1);
+    assert_eq!(
+        env.client.submit(&second).await.expect("submit"),
+        Placement::Pending
+    );
+    assert_eq!(env.zrange(Q, "pending").await, vec![second.id.clone()]);
+    assert_eq!(env.zrange(Q, "parked").await, vec![lonely.clone()]);
+    assert_eq!(env.task_hash(Q, &second.id).await["state"], "pending");
+    assert!(!env.task_hash(Q, &second.id).await.contains_key("worker"));
+    assert_eq!(env.worker_int(Q, "w1", "assigned").await, 2);
+    assert_eq!(env.inbox(Q, "w1").await, vec![first.id.clone()]);
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn pending_when_room_is_only_partly_free() {
+    let mut env = Env::start().await;
+    env.register(Q, "w1", 4, &[]).await;
+    let a = env.submit(task(Q, 3)).await;
+    let b = task(Q, 2);
+    assert_eq!(
+        env.client.submit(&b).await.expect("submit"),
+        Placement::Pending
+    );
+    assert_eq!(env.zrange(Q, "pending").await, vec![b.id.clone()]);
+    assert!(env.zrange(Q, "parked").await.is_empty());
+    assert_eq!(env.inbox(Q, "w1").await, vec![a]);
+    assert_eq!(env.worker_int(Q, "w1", "assigned").await, 3);
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn parked_when_no_worker_could_ever_run_it() {
+    let mut env = Env::start().await;
+    env.register(Q, "small", 2, &[]).await;
+    env.register(Q, "ssd", 3, &["ssd"]).await;
+    let before = env.keys().await;
+
+    let too_big = task(Q, 4);
+    let no_tag = task(Q, 1).tag("gpu");
+    let needs_two_tags = task(Q, 3).tag("zone9").tag("ssd");
+    let tag_too_small = task(Q, 4).tag("ssd");
+    for spec in [&too_big, &no_tag, &needs_two_tags, &tag_too_small] {
+        assert_eq!(
+            env.client.submit(spec).await.expect("submit"),
+            Placement::Parked,
+            "{spec:?}"
+        );
+        let h = env.task_hash(Q, &spec.id).await;
+        assert_eq!((h["state"].as_str(), h["lease"].as_str()), ("pending", "0"));
+        assert!(!h.contains_key("worker"));
+    }
+    assert_eq!(
+        env.zrange(Q, "parked").await,
+        vec![
+            too_big.id.clone(),
+            no_tag.id.clone(),
+            needs_two_tags.id.clone(),
+            tag_too_small.id.clone()
+        ]
+    );
+    // Parked tasks keep their order score.
+    let scores: Vec<f64> = env
+        .zscores(Q, "parked")
+        .await
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(
+        scores,
+        (1..=4)
+            .map(|seq| order_score(0, seq) as f64)
+            .collect::<Vec<_>>()
+    );
+    // Workers untouched; nothing pending, assigned or in an inbox.
+    for w in ["small", "ssd"] {
+        assert_eq!(env.worker_int(Q, w, "assigned").await, 0);
+    }
+    let mut want = before;
+    want.extend(
+        ["parked".to_string(), "seq".to_string()]
+            .into_iter()
+            .chain(
+                [&too_big, &no_tag, &needs_two_tags, &tag_too_small]
+                    .map(|s| format!("task:{}", s.id)),
+            )
+            .map(|n| qkey(Q, &n)),
+    );
+    want.sort();
+    assert_eq!(env.keys().await, want);
+    assert_eq!(
+        env.store.counts(Q).await.expect("counts"),
+        QueueCounts {
+            pending: 4,
+            parked: 4,
+            ..QueueCounts::default()
+        }
+    );
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn duplicate_id_returns_pending_and_changes_nothing() {
+    let mut env = Env::start().await;
+    env.register(Q, "w1", 2, &[]).await;
+    let spec = task(Q, 1);
+    assert_eq!(
+        env.client.submit(&spec).await.expect("submit"),
+        Placement::Assigned("w1".into())
+    );
+    let before = env.snapshot().await;
+
+    // Same id, different everything else: refused silently, nothing written.
+    let mut again = TaskSpec::new(Q, "other").cost(2).priority(9);
+    again.id = spec.id.clone();
+    assert_eq!(
+        env.client.submit(&again).await.expect("submit"),
+        Placement::Pending
+    );
+    assert_eq!(
+        env.client
+            .submit_many(&[again.clone(), spec.clone()])
+            .await
+            .expect("submit"),
+        vec![Placement::Pending, Placement::Pending]
+    );
+    assert_eq!(env.snapshot().await, before);
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn a_batch_is_placed_task_by_task() {
+    let mut env = Env::start().await;
+    env.register(Q, "w1", 3, &[]).await;
+    let specs = vec![task(Q, 2), task(Q, 1), task(Q, 1), task(Q, 9)];
+    let placed = env.client.submit_many(&specs).await.expect("submit");
+    assert_eq!(
+        placed,
+        vec![
+            Placement::Assigned("w1".into()),
+            Placement::Assigned("w1".into()),
+            Placement::Pending,
+            Placement::Parked,
+        ]
+    );
+    assert_eq!(
+        env.inbox(Q, "w1").await,
+        vec![specs[0].id.clone(), specs[1].id.clone()]
+    );
+    assert_eq!(env.zrange(Q, "pending").await, vec![specs[2].id.clone()]);
+    assert_eq!(env.zrange(Q, "parked").await, vec![specs[3].id.clone()]);
+    assert_eq!(env.worker_int(Q, "w1", "assigned").await, 3);
+    env.assert_sound(Q).await;
+}

@@ -1,0 +1,293 @@
+//! Tests of the worker runtime through the public API: typed handlers, failures, timeouts,
+//! the capacity bound inside the process, heartbeats and a clean shutdown.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast::{Store, TaskContext, TaskError, TaskSpec, TaskState, Worker, WorkerConfig};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use crate::harness::Env;
+
+const FAST: WorkerConfig = WorkerConfig {
+    heartbeat_interval: Duration::from_millis(50),
+    dead_after: Duration::from_millis(500),
+};
+
+#[derive(Deserialize)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+fn worker(store: &Store, id: &str, capacity: i64) -> Worker {
+    Worker::new(store.clone(), "q", capacity)
+        .id(id)
+        .config(FAST)
+        .handle("add", |_: TaskContext, p: Add| async move {
+            Ok::<_, TaskError>(p.a + p.b)
+        })
+        .handle("refuse", |ctx: TaskContext, _: Value| async move {
+            Err::<Value, _>(TaskError::permanent(format!(
+                "no on attempt {}",
+                ctx.attempt
+            )))
+        })
+        .handle("hang", |_: TaskContext, _: Value| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, TaskError>(Value::Null)
+        })
+        .handle("panic", |_: TaskContext, _: Value| async {
+            if true {
+                panic!("handler bug");
+            }
+            Ok::<_, TaskError>(Value::Null)
+        })
+}
+
+/// Runs a worker until the returned sender fires (or is dropped).
+fn spawn(w: Worker) -> (oneshot::Sender<()>, JoinHandle<ballast::Result<()>>) {
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(w.run(async move {
+        let _ = rx.await;
+    }));
+    (tx, handle)
+}
+
+async fn wait_registered(env: &Env, id: &str) {
+    while !env
+        .store
+        .workers("q")
+        .await
+        .expect("workers")
+        .iter()
+        .any(|w| w.id == id)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_get_typed_payloads_and_outcomes_are_recorded() {
+    let env = Env::start().await;
+    let (stop, run) = spawn(worker(&env.store, "w", 4));
+    let specs = vec![
+        TaskSpec::new("q", "add").payload(json!({"a": 2, "b": 3})),
+        TaskSpec::new("q", "refuse"),
+        TaskSpec::new("q", "missing"),
+        TaskSpec::new("q", "add").payload(json!({"a": "two"})),
+        TaskSpec::new("q", "panic"),
+        TaskSpec::new("q", "hang").timeout(Duration::from_millis(100)),
+    ];
+    env.client.submit_many(&specs).await.expect("submit");
+    let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    let r = env
+        .client
+        .wait_all("q", &ids, Duration::from_secs(20))
+        .await
+        .expect("done");
+    assert_eq!(
+        (r[0].state, r[0].result.clone()),
+        (TaskState::Succeeded, Some(json!(5)))
+    );
+    let errors: Vec<(TaskState, String)> = r[1..]
+        .iter()
+        .map(|t| (t.state, t.error.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (TaskState::Failed, "no on attempt 1".to_string()),
+            (TaskState::Failed, "no handler for kind \"missing\" on this worker".to_string()),
+            (
+                TaskState::Failed,
+                "payload does not fit kind add: invalid type: string \"two\", expected i64 at line 1 column 10"
+                    .to_string()
+            ),
+            (TaskState::Failed, "handler panicked".to_string()),
+            (TaskState::Failed, "timed out after 100 ms".to_string()),
+        ]
+    );
+    assert!(r
+        .iter()
+        .all(|t| t.attempts == 1 && t.worker.as_deref() == Some("w")));
+    stop.send(()).expect("stop");
+    run.await.expect("join").expect("run");
+    env.assert_sound("q").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_never_runs_more_cost_than_its_capacity() {
+    let env = Env::start().await;
+    let load = Arc::new(AtomicI64::new(0));
+    let peak = Arc::new(AtomicI64::new(0));
+    let (l, p) = (Arc::clone(&load), Arc::clone(&peak));
+    let w = Worker::new(env.store.clone(), "q", 3)
+        .id("w")
+        .config(FAST)
+        .handle("weigh", move |_: TaskContext, cost: i64| {
+            let (l, p) = (Arc::clone(&l), Arc::clone(&p));
+            async move {
+                let now = l.fetch_add(cost, Ordering::SeqCst) + cost;
+                p.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                l.fetch_sub(cost, Ordering::SeqCst);
+                Ok::<_, TaskError>(now)
+            }
+        });
+    let (stop, run) = spawn(w);
+    let specs: Vec<TaskSpec> = (0..60)
+        .map(|i| {
+            let cost = 1 + i % 3;
+            TaskSpec::new("q", "weigh").payload(json!(cost)).cost(cost)
+        })
+        .collect();
+    env.client.submit_many(&specs).await.expect("submit");
+    let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    let r = env
+        .client
+        .wait_all("q", &ids, Duration::from_secs(30))
+        .await
+        .expect("done");
+    assert!(r.iter().all(|t| t.state == TaskState::Succeeded));
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(
+        (1..=3).contains(&peak),
+        "ran {peak} units at once on capacity 3"
+    );
+    stop.send(()).expect("stop");
+    run.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_advance_on_the_redis_clock() {
+    let env = Env::start().await;
+    let (stop, run) = spawn(worker(&env.store, "w", 1));
+    wait_registered(&env, "w").await;
+    let first = env.store.workers("q").await.expect("workers")[0].heartbeat_at;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = env.store.workers("q").await.expect("workers")[0].heartbeat_at;
+        if now > first {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).expect("stop");
+    run.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_running_work_then_leaves() {
+    let env = Env::start().await;
+    let release = Arc::new(Notify::new());
+    let started = Arc::new(Notify::new());
+    let (r, s) = (Arc::clone(&release), Arc::clone(&started));
+    let w = Worker::new(env.store.clone(), "q", 1)
+        .id("a")
+        .config(FAST)
+        .handle("gate", move |_: TaskContext, _: Value| {
+            let (r, s) = (Arc::clone(&r), Arc::clone(&s));
+            async move {
+                s.notify_one();
+                r.notified().await;
+                Ok::<_, TaskError>("done")
+            }
+        });
+    let (stop, run) = spawn(w);
+    wait_registered(&env, "a").await;
+    let first = TaskSpec::new("q", "gate");
+    let second = TaskSpec::new("q", "gate");
+    env.client.submit(&first).await.expect("submit");
+    env.client.submit(&second).await.expect("submit");
+    started.notified().await;
+
+    stop.send(()).expect("stop");
+    // The worker leaves the index while its task runs: nothing new is placed on it.
+    loop {
+        let ws = env.store.workers("q").await.expect("workers");
+        if ws[0].state == "draining" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        env.store
+            .task("q", &second.id)
+            .await
+            .expect("r")
+            .expect("t")
+            .state,
+        TaskState::Pending
+    );
+    release.notify_one();
+    run.await.expect("join").expect("run");
+
+    let done = env
+        .store
+        .task("q", &first.id)
+        .await
+        .expect("read")
+        .expect("task");
+    assert_eq!(
+        (done.state, done.result),
+        (TaskState::Succeeded, Some(json!("done")))
+    );
+    assert!(env.store.workers("q").await.expect("workers").is_empty());
+    env.assert_sound("q").await;
+
+    // The task it never started runs on the next worker.
+    let (stop_b, run_b) = spawn(
+        worker(&env.store, "b", 1).handle("gate", |_: TaskContext, _: Value| async {
+            Ok::<_, TaskError>("b")
+        }),
+    );
+    let t = env
+        .client
+        .wait("q", &second.id, Duration::from_secs(10))
+        .await
+        .expect("second");
+    assert_eq!(
+        (t.state, t.worker.as_deref()),
+        (TaskState::Succeeded, Some("b"))
+    );
+    stop_b.send(()).expect("stop");
+    run_b.await.expect("join").expect("run");
+}
+
+#[tokio::test]
+async fn bad_worker_settings_are_refused_before_registering() {
+    let mut env = Env::start().await;
+    let cases: Vec<(Worker, &str)> = vec![
+        (Worker::new(env.store.clone(), "q", 0), "invalid capacity"),
+        (Worker::new(env.store.clone(), "a}b", 1), "invalid queue"),
+        (
+            Worker::new(env.store.clone(), "q", 1).id("a b"),
+            "invalid worker",
+        ),
+        (
+            Worker::new(env.store.clone(), "q", 1).tag("g,pu"),
+            "invalid tags",
+        ),
+        (
+            Worker::new(env.store.clone(), "q", 1).config(WorkerConfig {
+                heartbeat_interval: Duration::from_secs(1),
+                dead_after: Duration::from_secs(1),
+            }),
+            "invalid dead_after",
+        ),
+    ];
+    for (w, want) in cases {
+        let e = w.run(async {}).await.expect_err(want);
+        assert!(e.to_string().starts_with(want), "{e}");
+    }
+    assert!(env.keys().await.is_empty());
+}
