@@ -96,13 +96,15 @@ impl Client {
         let mut live = true;
         loop {
             if Instant::now() >= resync {
-                for id in open.clone() {
-                    match self.store.task(queue, id).await? {
+                let check: Vec<String> = open.iter().map(|id| id.to_string()).collect();
+                let records = self.store.task_records(queue, &check).await?;
+                for (id, rec) in check.iter().zip(records) {
+                    match rec {
                         Some(t) if t.state.is_terminal() => {
-                            open.remove(id);
+                            open.remove(id.as_str());
                         }
                         Some(_) => {}
-                        None => return Err(Error::TaskNotFound(id.to_string())),
+                        None => return Err(Error::TaskNotFound(id.clone())),
                     }
                 }
                 resync = Instant::now() + WAIT_RESYNC;
@@ -140,14 +142,10 @@ impl Client {
             }
         }
         drop(stream);
+        let records = self.store.task_records(queue, ids).await?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.push(
-                self.store
-                    .task(queue, id)
-                    .await?
-                    .ok_or_else(|| Error::TaskNotFound(id.clone()))?,
-            );
+        for (id, rec) in ids.iter().zip(records) {
+            out.push(rec.ok_or_else(|| Error::TaskNotFound(id.clone()))?);
         }
         Ok(out)
     }

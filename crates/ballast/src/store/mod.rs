@@ -310,6 +310,32 @@ impl Store {
         TaskRecord::from_fields(h).map(Some).map_err(Error::Corrupt)
     }
 
+    /// Reads many records of one queue in pipelined batches; `None` where a task is unknown.
+    pub async fn task_records(
+        &self,
+        queue: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<TaskRecord>>> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.hgetall(format!("{p}task:{id}"));
+            }
+            let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+            for h in rows {
+                out.push(if h.is_empty() {
+                    None
+                } else {
+                    Some(TaskRecord::from_fields(h).map_err(Error::Corrupt)?)
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Finds a task by id in any known queue.
     pub async fn find_task(&self, id: &str) -> Result<TaskRecord> {
         for queue in self.queues().await? {
