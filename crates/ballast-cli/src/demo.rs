@@ -17,7 +17,7 @@ use crate::CliError;
 /// `ballast demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Tasks of cost 1 in the workload (cost-2, cost-4 and urgent tasks are added).
+    /// Size of the workload: this many sleep tasks and a third more (mixed costs), plus urgent echoes.
     #[arg(long, default_value_t = 96)]
     tasks: usize,
 }
@@ -97,17 +97,22 @@ pub async fn run(url: Option<String>, a: DemoArgs) -> Result<(), CliError> {
     report(&records)
 }
 
-/// 96 cost-1 tasks by default, a quarter as many cost-2, a twelfth cost-4, and a few
-/// urgent (priority 10) echoes that overtake the queue.
+/// A mixed stream: of every twelve tasks nine cost 1, two cost 2 and one costs 4, in
+/// submission order, plus a few urgent (priority 10) echoes that overtake the queue.
 fn workload(queue: &str, n: usize) -> Vec<TaskSpec> {
-    let sleep = |i: usize, cost: i64, base: u64| {
-        TaskSpec::new(queue, "sleep")
-            .payload(json!({ "ms": base + (i as u64 * 37) % 200 }))
-            .cost(cost)
-    };
-    let mut specs: Vec<TaskSpec> = (0..n).map(|i| sleep(i, 1, 100)).collect();
-    specs.extend((0..n / 4).map(|i| sleep(i, 2, 100)));
-    specs.extend((0..n / 12).map(|i| sleep(i, 4, 100)));
+    let total = n + n / 3;
+    let mut specs: Vec<TaskSpec> = (0..total)
+        .map(|i| {
+            let cost = match i % 12 {
+                9 | 10 => 2,
+                11 => 4,
+                _ => 1,
+            };
+            TaskSpec::new(queue, "sleep")
+                .payload(json!({ "ms": 100 + (i as u64 * 37) % 200 }))
+                .cost(cost)
+        })
+        .collect();
     specs.extend((0..n / 12).map(|i| {
         TaskSpec::new(queue, "echo")
             .payload(json!({ "urgent": i }))
@@ -154,6 +159,7 @@ fn report(records: &[TaskRecord]) -> Result<(), CliError> {
     }
     let total_cap: i64 = by.values().map(|w| w.capacity).sum();
     let total_work: i64 = by.values().map(|w| w.work_ms).sum();
+    let span_ms = (last - first).max(1);
     let rows: Vec<Vec<String>> = by
         .iter_mut()
         .map(|(name, w)| {
@@ -175,6 +181,10 @@ fn report(records: &[TaskRecord]) -> Result<(), CliError> {
                     "{:.1}%",
                     100.0 * w.work_ms as f64 / total_work.max(1) as f64
                 ),
+                format!(
+                    "{:.0}%",
+                    100.0 * w.work_ms as f64 / (w.capacity * span_ms) as f64
+                ),
                 format!("{peak}/{}", w.capacity),
             ]
         })
@@ -188,6 +198,7 @@ fn report(records: &[TaskRecord]) -> Result<(), CliError> {
             "TASKS",
             "WORK (unit-s)",
             "WORK SHARE",
+            "BUSY",
             "PEAK LOAD",
         ],
         &rows,
@@ -200,6 +211,20 @@ fn report(records: &[TaskRecord]) -> Result<(), CliError> {
         records.len(),
         makespan / ideal.max(f64::EPSILON)
     );
+    let wait = |urgent: bool| {
+        let w: Vec<i64> = records
+            .iter()
+            .filter(|t| (t.priority > 0) == urgent)
+            .filter_map(|t| Some(t.started_at? - t.submitted_at))
+            .collect();
+        w.iter().sum::<i64>() as f64 / w.len().max(1) as f64
+    };
+    println!(
+        "mean wait before start: urgent (priority 10) {:.0} ms, others {:.0} ms",
+        wait(true),
+        wait(false)
+    );
+    println!("BUSY = work / (capacity x makespan); PEAK LOAD = most cost run at once / capacity");
     if failed > 0 {
         return Err(CliError::Usage(format!(
             "{failed} demo tasks did not succeed"
