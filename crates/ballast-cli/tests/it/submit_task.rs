@@ -310,8 +310,9 @@ async fn duplicate_id_returns_pending_and_changes_nothing() {
 #[tokio::test]
 async fn a_batch_is_placed_task_by_task() {
     let mut env = Env::start().await;
-    env.register(Q, "w1", 3, &[]).await;
-    let specs = vec![task(Q, 2), task(Q, 1), task(Q, 1), task(Q, 9)];
+    env.register(Q, "w1", 4, &[]).await;
+    // 2 and 1 fit; 2 waits for the last free unit to grow; 9 fits no worker ever.
+    let specs = vec![task(Q, 2), task(Q, 1), task(Q, 2), task(Q, 9)];
     let placed = env.client.submit_many(&specs).await.expect("submit");
     assert_eq!(
         placed,
