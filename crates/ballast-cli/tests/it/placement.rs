@@ -358,10 +358,9 @@ async fn tasks_no_worker_could_run_are_parked_and_block_nothing() {
     assert_eq!(env.zrange(Q, "pending").await, vec![smalls[2].id.clone()]);
     env.assert_sound(Q).await;
 
-    // Submitted while the worker is full, such a task waits in pending (no placement pass
-    // runs without free capacity); the next pass parks it and places the task behind it.
+    // Submitted while the worker is full, such a task is parked all the same.
     let (late, p) = put(&env, task(Q, 3).priority(100)).await;
-    assert_eq!(p, Placement::Pending);
+    assert_eq!(p, Placement::Parked);
     let t = env.claim(Q, "w", 2).await;
     let next = env.finish(Q, "w", &t[0], 1).await;
     assert_eq!(next.len(), 1);
@@ -372,36 +371,69 @@ async fn tasks_no_worker_could_run_are_parked_and_block_nothing() {
 }
 
 #[tokio::test]
-async fn look_ahead_behind_blocked_tasks_is_bounded_to_32() {
+async fn look_ahead_stops_after_32_blocked_shapes() {
     let mut env = Env::start().await;
-    env.register(Q, "big", 4, &[]).await;
+    env.register(Q, "big", 40, &[]).await;
     env.register(Q, "small", 1, &[]).await;
-    let (hold, p) = put(&env, task(Q, 4)).await;
+    let (hold, p) = put(&env, task(Q, 40)).await;
     assert_eq!(p, on("big"));
-    // 31 blocked tasks that only `big` can run: a small task behind them is still seen.
-    let blocked: Vec<TaskSpec> = (0..31).map(|_| task(Q, 4)).collect();
+    // 31 tasks of distinct costs only `big` can run, each a blocked shape: a small task
+    // behind them is still seen.
+    let blocked: Vec<TaskSpec> = (2..=32).map(|c| task(Q, c)).collect();
     env.client.submit_many(&blocked).await.expect("submit");
     let (s1, p) = put(&env, task(Q, 1)).await;
     assert_eq!(p, on("small"));
-    // One more blocked task: 32 ahead now; a small task behind them is not looked at, even
-    // with `small` free again.
-    env.submit(task(Q, 4)).await;
+    // One more shape: 32 ahead now; a small task behind them is not looked at, even with
+    // `small` free again.
+    env.submit(task(Q, 33)).await;
     let t = env.claim(Q, "small", 1).await;
     assert_eq!(t[0].id, s1);
     env.finish(Q, "small", &t[0], 1).await;
     let (s2, p) = put(&env, task(Q, 1)).await;
     assert_eq!(p, Placement::Pending);
     assert!(env.store.heartbeat_worker(Q, "small").await.expect("beat"));
-    assert_eq!(env.task_hash(Q, &s2).await["state"], "pending");
     assert_eq!(env.worker_int(Q, "small", "assigned").await, 0);
     env.assert_sound(Q).await;
 
-    // The head moves as `big` works through them; the small task is placed once fewer than
-    // 32 blocked tasks are ahead of it.
+    // `big` frees its 40 units: costs 2..=8 (35 units) go there, 9..=33 are 25 blocked
+    // shapes, fewer than 32, so the small task behind them is placed.
     let t = env.claim(Q, "big", 1).await;
     assert_eq!(t[0].id, hold);
-    let next = env.finish(Q, "big", &t[0], 1).await;
-    assert_eq!(next[0].id, blocked[0].id);
+    env.finish(Q, "big", &t[0], 0).await;
+    assert_eq!(env.worker_int(Q, "big", "assigned").await, 35);
     assert_eq!(env.worker_of(Q, &s2).await.as_deref(), Some("small"));
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn blocked_tasks_of_one_shape_use_no_look_ahead_but_the_scan_is_bounded() {
+    let mut env = Env::start().await;
+    env.register(Q, "big", 4, &[]).await;
+    env.register(Q, "small", 1, &[]).await;
+    let (_, p) = put(&env, task(Q, 4)).await;
+    assert_eq!(p, on("big"));
+    // 200 blocked tasks of one shape ahead: the small task behind them runs at once.
+    let same: Vec<TaskSpec> = (0..200).map(|_| task(Q, 4)).collect();
+    env.client.submit_many(&same).await.expect("submit");
+    let (s1, p) = put(&env, task(Q, 1)).await;
+    assert_eq!(p, on("small"));
+    // 256 or more tasks ahead are more than one call reads: the next small task waits.
+    let more: Vec<TaskSpec> = (0..56).map(|_| task(Q, 4)).collect();
+    env.client.submit_many(&more).await.expect("submit");
+    let t = env.claim(Q, "small", 1).await;
+    assert_eq!(t[0].id, s1);
+    env.finish(Q, "small", &t[0], 1).await;
+    let (s2, p) = put(&env, task(Q, 1)).await;
+    assert_eq!(p, Placement::Pending);
+    assert_eq!(env.worker_int(Q, "small", "assigned").await, 0);
+    assert_eq!(
+        env.store
+            .task(Q, &s2)
+            .await
+            .expect("read")
+            .expect("task")
+            .state,
+        ballast::TaskState::Pending
+    );
     env.assert_sound(Q).await;
 }

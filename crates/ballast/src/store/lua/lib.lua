@@ -9,9 +9,11 @@
 
 local P = ARGV[1]
 
--- Look-ahead: how many pending tasks one placement pass examines. A head task that fits no
--- worker lets at most this many tasks behind it be considered.
+-- Look-ahead: how many blocked task shapes (tags and cost) one placement call steps over
+-- before it stops, and how many waiting tasks it steps over at most. Together they bound the
+-- work of one call while letting small tasks go around large ones that fit nowhere yet.
 local LOOKAHEAD = 32
+local MAX_SCAN = 256
 -- Workers examined (in pages of 8) when looking for one that fits a task; bounds the work a
 -- task with tags can cost when the most-free workers lack its tags.
 local SCAN = 256
@@ -162,40 +164,52 @@ local function assign(id, w, cost, now)
 end
 
 -- Place pending tasks: highest priority first, FIFO within a priority, each on the eligible
--- worker with the most free capacity that fits it. A task that fits nowhere now reserves the
--- worker it will run on and the tasks behind it go around it (bounded by LOOKAHEAD); a task
--- that no accepting worker could ever run is parked until a new worker joins.
+-- worker with the most free capacity that fits it.
+--
+-- One sweep down the pending order. A task that fits nowhere now reserves the worker it will
+-- run on (no smaller task goes there in this call) and the tasks behind it go around it. Its
+-- shape (tags and cost) is then known to be blocked for the rest of the call, because free
+-- capacity only shrinks within a call: later tasks of the same shape are stepped over at
+-- the cost of one HMGET and without using look-ahead. The sweep stops after LOOKAHEAD
+-- blocked shapes or MAX_SCAN tasks stepped over, so one call reads at most MAX_PLACE +
+-- MAX_SCAN tasks besides those it parks (a parked task leaves pending, so it is read once).
+-- A task that no accepting worker could ever run is parked until a new worker joins.
 -- Returns the number of tasks placed.
 local function place(now)
-  local placed, reserved, seen = 0, {}, {}
-  while placed < MAX_PLACE and max_free() > 0 do
-    local ids = redis.call('ZRANGE', key('pending'), 0, LOOKAHEAD - 1, 'WITHSCORES')
-    local progress = false
+  local placed, reserved, blocked = 0, {}, {}
+  local budget, off = LOOKAHEAD, 0
+  while budget > 0 and off < MAX_SCAN and max_free() > 0 do
+    -- Placed and parked tasks leave pending; `off` counts those stepped over.
+    local ids = redis.call('ZRANGE', key('pending'), off, off + 31, 'WITHSCORES')
+    if #ids == 0 then break end
     for i = 1, #ids, 2 do
       local id = ids[i]
-      if not seen[id] then
-        local h = redis.call('HMGET', task_key(id), 'cost', 'tags')
+      local h = redis.call('HMGET', task_key(id), 'cost', 'tags')
+      local shape = h[2] .. '|' .. h[1]
+      if blocked[shape] then
+        off = off + 1
+      else
         local cost, tags = tonumber(h[1]), split_tags(h[2])
         local w = best_fit(cost, tags, reserved, id)
         if w then
           assign(id, w, cost, now)
           placed = placed + 1
-          progress = true
           if placed >= MAX_PLACE or max_free() == 0 then return placed end
         else
-          seen[id] = true
           local r = reserve_for(cost, tags, reserved)
-          if r then
-            reserved[r] = id
-          elseif not capable(cost, tags) then
+          if r or capable(cost, tags) then
+            if r then reserved[r] = id end
+            blocked[shape] = true
+            budget = budget - 1
+            off = off + 1
+            if budget == 0 then return placed end
+          else
             redis.call('ZREM', key('pending'), id)
             redis.call('ZADD', key('parked'), ids[i + 1], id)
-            progress = true
           end
         end
       end
     end
-    if not progress then break end
   end
   return placed
 end

@@ -34,4 +34,12 @@ place(now)
 local h = redis.call('HMGET', tk, 'state', 'worker')
 if h[1] == 'assigned' then return { 'assigned', h[2] } end
 if redis.call('ZSCORE', key('parked'), id) then return { 'parked' } end
+-- place() does not run while every worker is full; a task no live worker could ever run is
+-- parked here all the same, so `parked` means the same whatever the load. With no worker
+-- at all it stays pending: there is nothing yet to be incapable of running it.
+if redis.call('EXISTS', cap_key()) == 1 and not capable(tonumber(cost), split_tags(tags)) then
+  redis.call('ZREM', key('pending'), id)
+  redis.call('ZADD', key('parked'), order, id)
+  return { 'parked' }
+end
 return { 'pending' }
