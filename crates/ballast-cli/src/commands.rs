@@ -33,9 +33,12 @@ pub struct WorkerArgs {
     /// Heartbeat interval.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     heartbeat: Duration,
-    /// A worker silent for this long is dead.
+    /// A worker silent for this long is dead: its tasks go to the living.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     dead_after: Duration,
+    /// How often this worker looks for dead workers in its queue.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    recovery_period: Duration,
 }
 
 /// `ballast submit`.
@@ -158,6 +161,7 @@ pub async fn worker(url: &str, a: WorkerArgs) -> Result<(), CliError> {
     let mut w = Worker::new(store, a.queue, a.capacity).config(WorkerConfig {
         heartbeat_interval: a.heartbeat,
         dead_after: a.dead_after,
+        recovery_period: a.recovery_period,
     });
     if let Some(id) = a.id {
         w = w.id(id);

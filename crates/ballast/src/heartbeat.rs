@@ -1,11 +1,15 @@
 //! The heartbeat loop: tells Redis, on its own clock, that this worker is alive.
 //!
 //! Each beat is one idempotent script call (`heartbeat_worker.lua`) that also runs placement,
-//! so anything a capped placement left behind is placed within one interval.
+//! so anything a capped placement left behind is placed within one interval. A beat refused
+//! because this process was declared dead (its epoch is no longer the worker's) is reported
+//! on `lost`: the worker then drops its tasks and registers again.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::store::Store;
 use crate::worker::stopped;
@@ -15,6 +19,8 @@ pub(crate) struct Heartbeat {
     pub(crate) queue: String,
     pub(crate) worker: String,
     pub(crate) interval: Duration,
+    pub(crate) epoch: Arc<AtomicU64>,
+    pub(crate) lost: Arc<Notify>,
 }
 
 impl Heartbeat {
@@ -31,9 +37,17 @@ impl Heartbeat {
     }
 
     async fn step(&self) {
-        match self.store.heartbeat_worker(&self.queue, &self.worker).await {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        match self
+            .store
+            .heartbeat_worker(&self.queue, &self.worker, epoch)
+            .await
+        {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(worker = %self.worker, "worker record is gone from redis"),
+            Ok(false) => {
+                tracing::warn!(worker = %self.worker, epoch, "declared dead by the queue");
+                self.lost.notify_one();
+            }
             Err(e) => tracing::warn!(worker = %self.worker, error = %e, "heartbeat failed"),
         }
     }

@@ -38,6 +38,7 @@
 //! - [`client`]: submit tasks, read records, wait for results.
 //! - [`worker`]: the worker runtime (register, run handlers within capacity, leave cleanly).
 //! - `heartbeat`: the worker's heartbeat loop.
+//! - `recovery`: the loop that hands dead workers' tasks to the living.
 //! - [`handler`]: what a handler is ([`TaskContext`], [`TaskError`]).
 //! - [`error`]: the error enum.
 //! - `testing` (feature `testing`): a private `redis-server` for tests and demos.
@@ -46,6 +47,7 @@ pub mod client;
 pub mod error;
 pub mod handler;
 mod heartbeat;
+mod recovery;
 pub mod store;
 pub mod task;
 #[cfg(feature = "testing")]

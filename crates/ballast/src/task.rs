@@ -316,8 +316,12 @@ pub struct TaskRecord {
     pub tags: Vec<String>,
     /// Worker the task is assigned to, runs on, or ran on last.
     pub worker: Option<String>,
-    /// Attempts started so far.
+    /// Attempts used so far (a run cut short by a crash or a drain gives its attempt back).
     pub attempts: i64,
+    /// Times a worker started the task, every run counted.
+    pub runs: i64,
+    /// Times the task was handed back to pending (a worker died, drained or was replaced).
+    pub requeues: i64,
     /// Attempts allowed.
     pub max_attempts: i64,
     /// Timeout of one attempt, in milliseconds.
@@ -363,6 +367,8 @@ impl TaskRecord {
             priority: int(&h, "priority")?,
             cost: int(&h, "cost")?,
             attempts: int(&h, "attempts")?,
+            runs: opt_int(&h, "runs").unwrap_or(0),
+            requeues: opt_int(&h, "requeues").unwrap_or(0),
             max_attempts: int(&h, "max_attempts")?,
             timeout_ms: int(&h, "timeout_ms")?,
             lease: int(&h, "lease")?,

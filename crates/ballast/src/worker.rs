@@ -5,17 +5,21 @@
 //! worker registered with, so the worker runs whatever reaches its inbox. A local semaphore
 //! of `capacity` units backs that up (a task waits for its units before it starts).
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::AbortHandle;
 
-use crate::error::{Invalid, Result};
+use crate::error::{Error, Invalid, Result};
 use crate::handler::{Handlers, TaskContext, TaskError};
 use crate::heartbeat::Heartbeat;
+use crate::recovery::Recovery;
 use crate::store::{ClaimedTask, Finish, Leave, Outcome, Store};
 use crate::task::{check_name, check_tags, CAPACITY_MAX};
 
@@ -29,9 +33,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct WorkerConfig {
     /// How often the worker tells Redis it is alive. Default 1 s.
     pub heartbeat_interval: Duration,
-    /// A worker whose last heartbeat is older than this is dead; a new process may then
-    /// take over its id. Default 5 s; must be at least twice the heartbeat interval.
+    /// A worker whose last heartbeat is older than this is dead: its tasks go to the living
+    /// and a new process may take over its id. Default 5 s; must be at least twice the
+    /// heartbeat interval.
     pub dead_after: Duration,
+    /// How often this worker runs the recovery step for its queue. Default 1 s.
+    pub recovery_period: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -39,6 +46,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             heartbeat_interval: Duration::from_secs(1),
             dead_after: Duration::from_secs(5),
+            recovery_period: Duration::from_secs(1),
         }
     }
 }
@@ -48,6 +56,9 @@ impl WorkerConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.heartbeat_interval.is_zero() {
             return Err(Invalid::new("heartbeat_interval", "must be above 0"));
+        }
+        if self.recovery_period.is_zero() {
+            return Err(Invalid::new("recovery_period", "must be above 0"));
         }
         if self.dead_after < self.heartbeat_interval * 2 {
             return Err(Invalid::new(
@@ -160,7 +171,8 @@ impl Worker {
         }
         let tags = check_tags("tags", &self.tags)?;
         self.config.validate()?;
-        self.store
+        let epoch = self
+            .store
             .register_worker(
                 &self.queue,
                 &self.id,
@@ -169,37 +181,61 @@ impl Worker {
                 self.config.dead_after,
             )
             .await?;
-        tracing::info!(queue = %self.queue, worker = %self.id, capacity = self.capacity, ?tags, "worker registered");
+        tracing::info!(queue = %self.queue, worker = %self.id, capacity = self.capacity, ?tags, epoch, "worker registered");
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let heartbeat = tokio::spawn(
-            Heartbeat {
-                store: self.store.clone(),
-                queue: self.queue.clone(),
-                worker: self.id.clone(),
-                interval: self.config.heartbeat_interval,
-            }
-            .run(stop_rx.clone()),
-        );
         let (in_flight, _) = watch::channel(0usize);
+        let lost = Arc::new(Notify::new());
         let runner = Arc::new(Runner {
             slots: Arc::new(Semaphore::new(usize::try_from(self.capacity).unwrap_or(1))),
             claim_max: usize::try_from(self.capacity).unwrap_or(1),
             store: self.store,
             queue: self.queue,
             worker: self.id,
+            capacity: self.capacity,
+            tags,
+            dead_after: self.config.dead_after,
+            epoch: Arc::new(AtomicU64::new(epoch)),
             handlers: self.handlers,
             in_flight,
+            running: Mutex::new(HashMap::new()),
         });
-        let fetch = tokio::spawn(Arc::clone(&runner).fetch(stop_rx));
+        let heartbeat = tokio::spawn(
+            Heartbeat {
+                store: runner.store.clone(),
+                queue: runner.queue.clone(),
+                worker: runner.worker.clone(),
+                interval: self.config.heartbeat_interval,
+                epoch: Arc::clone(&runner.epoch),
+                lost: Arc::clone(&lost),
+            }
+            .run(stop_rx.clone()),
+        );
+        let recovery = tokio::spawn(
+            Recovery {
+                store: runner.store.clone(),
+                queue: runner.queue.clone(),
+                dead_after: self.config.dead_after,
+                period: self.config.recovery_period,
+            }
+            .run(stop_rx.clone()),
+        );
+        let fetch = tokio::spawn(Arc::clone(&runner).fetch(stop_rx.clone()));
+        let mut rejoin = tokio::spawn(Arc::clone(&runner).rejoin(lost, stop_rx));
 
-        shutdown.await;
+        let fatal = tokio::select! {
+            _ = shutdown => None,
+            r = &mut rejoin => r.ok().and_then(|r| r.err()),
+        };
         tracing::info!(worker = %runner.worker, "shutting down: finishing what it holds");
         // Order matters: stop the inbox wait first, then leave the index (so nothing new is
         // placed here and unstarted tasks go to others), then wait for running tasks, and
         // only then remove the worker, which would otherwise hand back running tasks.
         stop_tx.send_replace(true);
         let _ = fetch.await;
+        if !rejoin.is_finished() {
+            let _ = rejoin.await;
+        }
         runner
             .retry("leave (drain)", || {
                 runner
@@ -217,8 +253,9 @@ impl Worker {
             })
             .await;
         let _ = heartbeat.await;
+        let _ = recovery.await;
         tracing::info!(worker = %runner.worker, "worker left");
-        Ok(())
+        fatal.map_or(Ok(()), Err)
     }
 }
 
@@ -233,11 +270,18 @@ struct Runner {
     store: Store,
     queue: String,
     worker: String,
+    capacity: i64,
+    tags: Vec<String>,
+    dead_after: Duration,
+    /// The epoch of the current registration; every claim and heartbeat presents it.
+    epoch: Arc<AtomicU64>,
     handlers: Handlers,
     slots: Arc<Semaphore>,
     claim_max: usize,
     /// Tasks claimed and not yet reported.
     in_flight: watch::Sender<usize>,
+    /// Handlers running now, by task id, so they can be stopped when the tasks are lost.
+    running: Mutex<HashMap<String, AbortHandle>>,
 }
 
 impl Runner {
@@ -272,6 +316,7 @@ impl Runner {
                             self.store.claim_tasks(
                                 &self.queue,
                                 &self.worker,
+                                self.epoch.load(Ordering::SeqCst),
                                 &given,
                                 self.claim_max,
                             )
@@ -317,6 +362,52 @@ impl Runner {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the queue says this process was declared dead (paused or cut off past
+    /// dead-after), its tasks already went to other workers and its results would be
+    /// refused: stop the handlers and register again under a new epoch. Ends with an error
+    /// when another live process now holds the id.
+    async fn rejoin(
+        self: Arc<Self>,
+        lost: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<()> {
+        loop {
+            tokio::select! {
+                _ = lost.notified() => {}
+                _ = stopped(&mut stop) => return Ok(()),
+            }
+            for (_, handle) in self.lock_running().drain() {
+                handle.abort();
+            }
+            let epoch = loop {
+                match self
+                    .store
+                    .register_worker(
+                        &self.queue,
+                        &self.worker,
+                        self.capacity,
+                        &self.tags,
+                        self.dead_after,
+                    )
+                    .await
+                {
+                    Ok(e) => break e,
+                    Err(e @ Error::WorkerIdTaken(_)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(worker = %self.worker, error = %e, "register again failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            };
+            self.epoch.store(epoch, Ordering::SeqCst);
+            tracing::warn!(worker = %self.worker, epoch, "registered again after being declared dead");
         }
     }
 
@@ -372,8 +463,12 @@ impl Runner {
             max_attempts: task.max_attempts,
         };
         let mut join = tokio::spawn(handler(ctx, &task.payload));
+        self.lock_running()
+            .insert(task.id.clone(), join.abort_handle());
         let limit = Duration::from_millis(u64::try_from(task.timeout_ms).unwrap_or(1));
-        match tokio::time::timeout(limit, &mut join).await {
+        let ended = tokio::time::timeout(limit, &mut join).await;
+        self.lock_running().remove(&task.id);
+        match ended {
             Ok(Ok(Ok(value))) => Outcome::Succeeded(value.to_string()),
             Ok(Ok(Err(e))) => Outcome::Failed(e.to_string()),
             Ok(Err(e)) if e.is_panic() => Outcome::Failed("handler panicked".to_string()),

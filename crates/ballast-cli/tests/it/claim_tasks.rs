@@ -67,6 +67,8 @@ async fn claim_marks_tasks_running_and_returns_them_with_their_lease() {
         assert_eq!(h["state"], "running");
         assert_eq!(h["worker"], "w");
         assert_eq!(h["attempts"], "1");
+        assert_eq!(h["runs"], "1");
+        assert!(!h.contains_key("requeues"), "{h:?}");
         assert_eq!(h["lease"], "1");
         assert_eq!(&h["assigned_at"], at);
     }
@@ -92,6 +94,7 @@ async fn claim_marks_tasks_running_and_returns_them_with_their_lease() {
             Q,
             &[
                 "cap",
+                "epoch",
                 "free",
                 "heartbeats",
                 "running",
@@ -165,7 +168,13 @@ async fn given_ids_are_claimed_first_then_the_inbox() {
     assert_eq!(popped, a);
     let claimed = env
         .store
-        .claim_tasks(Q, "w", std::slice::from_ref(&popped), 2)
+        .claim_tasks(
+            Q,
+            "w",
+            env.epoch(Q, "w").await,
+            std::slice::from_ref(&popped),
+            2,
+        )
         .await
         .expect("claim");
     assert_eq!(
@@ -203,7 +212,13 @@ async fn a_given_id_no_longer_assigned_to_the_worker_is_skipped() {
 
     let claimed = env
         .store
-        .claim_tasks(Q, "w1", &[popped, "no-such-task".to_string()], 1)
+        .claim_tasks(
+            Q,
+            "w1",
+            env.epoch(Q, "w1").await,
+            &[popped, "no-such-task".to_string()],
+            1,
+        )
         .await
         .expect("claim");
     assert!(claimed.is_empty(), "{claimed:?}");

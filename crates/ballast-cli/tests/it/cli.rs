@@ -41,12 +41,35 @@ fn stdout(o: &Output) -> String {
 
 /// Starts `ballast worker` and waits until it has registered.
 async fn worker(env: &Env, queue: &str, id: &str, capacity: i64, tags: &[&str]) -> WorkerProc {
+    worker_with(env, queue, id, capacity, tags, &[]).await
+}
+
+/// Heartbeat, dead-after and recovery period for the fault tests.
+const FAST: [&str; 6] = [
+    "--heartbeat",
+    "100ms",
+    "--dead-after",
+    "1s",
+    "--recovery-period",
+    "100ms",
+];
+
+/// Starts `ballast worker` with `extra` arguments and waits until it has registered.
+async fn worker_with(
+    env: &Env,
+    queue: &str,
+    id: &str,
+    capacity: i64,
+    tags: &[&str],
+    extra: &[&str],
+) -> WorkerProc {
     let cap = capacity.to_string();
     let mut args = vec!["--redis", &env.url, "worker", "--queue", queue, "--id", id];
     args.extend(["--capacity", &cap]);
     for t in tags {
         args.extend(["--tag", t]);
     }
+    args.extend(extra);
     let child = Command::new(BIN)
         .args(&args)
         .stdout(Stdio::null())
@@ -391,4 +414,168 @@ async fn inspection_commands_print_stable_json() {
     let missing = ballast(&env, &["task", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+}
+
+/// Waits until task `id` is running on worker `w`.
+async fn running_on(env: &Env, queue: &str, id: &str, w: &str) {
+    loop {
+        let t = env
+            .store
+            .task(queue, id)
+            .await
+            .expect("read")
+            .expect("task");
+        if t.state == TaskState::Running && t.worker.as_deref() == Some(w) {
+            return;
+        }
+        assert!(
+            !t.state.is_terminal(),
+            "task {id} finished before it ran on {w}: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn signal(p: &WorkerProc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_tasks_run_on_another_worker() {
+    let mut env = Env::start().await;
+    let mut a = worker_with(&env, "q", "a", 2, &[], &FAST).await;
+    let lines: Vec<String> = (0..2)
+        .map(|_| r#"{"kind":"sleep","payload":{"ms":600}}"#.to_string())
+        .collect();
+    let ids = submit_file(&env, "q", &lines);
+    for id in &ids {
+        running_on(&env, "q", id, "a").await;
+    }
+    let _b = worker_with(&env, "q", "b", 2, &[], &FAST).await;
+    a.0.kill().expect("kill -9");
+    let killed_at = env.now_ms().await;
+    let records = wait_done(&env, "q", &ids).await;
+    for t in &records {
+        assert_eq!(
+            (t.state, t.worker.as_deref()),
+            (TaskState::Succeeded, Some("b"))
+        );
+        // One run cut short by the crash (its attempt given back), one that succeeded.
+        assert_eq!((t.runs, t.attempts, t.requeues), (2, 1, 1));
+        eprintln!(
+            "restarted {} ms after the kill",
+            t.started_at.unwrap_or(0) - killed_at
+        );
+    }
+    let log = env.store.recoveries("q").await.expect("log");
+    assert_eq!(
+        (log[0]["worker"].as_str(), log[0]["tasks_requeued"].as_i64()),
+        (Some("a"), Some(2))
+    );
+    env.assert_sound("q").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_loses_its_task_and_its_late_result_is_refused() {
+    let env = Env::start().await;
+    let a = worker_with(&env, "q", "a", 1, &[], &FAST).await;
+    let id = stdout(&ballast(
+        &env,
+        &[
+            "submit",
+            "--queue",
+            "q",
+            "--kind",
+            "sleep",
+            "--payload",
+            r#"{"ms":1500}"#,
+        ],
+    ));
+    let id = id.trim().to_string();
+    running_on(&env, "q", &id, "a").await;
+    let _b = worker_with(&env, "q", "b", 1, &[], &FAST).await;
+    signal(&a, "-STOP");
+    running_on(&env, "q", &id, "b").await;
+    signal(&a, "-CONT");
+    let t = wait_done(&env, "q", std::slice::from_ref(&id))
+        .await
+        .remove(0);
+    assert_eq!(
+        (t.state, t.worker.as_deref()),
+        (TaskState::Succeeded, Some("b"))
+    );
+    assert_eq!((t.runs, t.attempts), (2, 1));
+    assert_eq!(env.store.counts("q").await.expect("counts").succeeded, 1);
+    // The paused process learns it was declared dead and joins again under a new epoch.
+    loop {
+        let ws = env.store.workers("q").await.expect("workers");
+        if ws.iter().any(|w| w.id == "a") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    env.assert_sound("q").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_shorter_than_half_of_dead_after_requeues_nothing() {
+    let env = Env::start().await;
+    let a = worker_with(
+        &env,
+        "q",
+        "a",
+        1,
+        &[],
+        &[
+            "--heartbeat",
+            "100ms",
+            "--dead-after",
+            "2s",
+            "--recovery-period",
+            "100ms",
+        ],
+    )
+    .await;
+    let _b = worker_with(
+        &env,
+        "q",
+        "b",
+        1,
+        &[],
+        &[
+            "--heartbeat",
+            "100ms",
+            "--dead-after",
+            "2s",
+            "--recovery-period",
+            "100ms",
+        ],
+    )
+    .await;
+    let lines = vec![r#"{"kind":"sleep","payload":{"ms":300}}"#.to_string()];
+    let ids = submit_file(&env, "q", &lines);
+    let on = env
+        .store
+        .task("q", &ids[0])
+        .await
+        .expect("r")
+        .expect("t")
+        .worker
+        .expect("placed");
+    let paused = if on == "a" { &a } else { &_b };
+    signal(paused, "-STOP");
+    // The pause itself: 0.5 s, a quarter of dead-after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(paused, "-CONT");
+    let t = wait_done(&env, "q", &ids).await.remove(0);
+    assert_eq!(
+        (t.state, t.worker.as_deref()),
+        (TaskState::Succeeded, Some(on.as_str()))
+    );
+    assert_eq!((t.runs, t.requeues), (1, 0));
+    assert!(env.store.recoveries("q").await.expect("log").is_empty());
 }

@@ -59,6 +59,7 @@ async fn success_is_recorded_and_the_cost_freed() {
             ("state", "active"),
             ("tick", "1"),
             ("finished", "1"),
+            ("epoch", "1"),
         ])
     );
     assert_eq!(
@@ -72,6 +73,7 @@ async fn success_is_recorded_and_the_cost_freed() {
             Q,
             &[
                 "cap",
+                "epoch",
                 "free",
                 "heartbeats",
                 "seq",
@@ -120,6 +122,7 @@ async fn failure_is_recorded_with_its_error() {
             Q,
             &[
                 "cap",
+                "epoch",
                 "failed",
                 "free",
                 "heartbeats",

@@ -110,6 +110,8 @@ pub fn qkey(queue: &str, name: &str) -> String {
 }
 
 /// The whole expected key list: `ballast:queues` and the named keys of `queue`, sorted.
+/// Name every key explicitly, including `epoch`: the queue's epoch counter exists once any
+/// worker has registered and stays after every worker is gone.
 pub fn expect_keys(queue: &str, names: &[&str]) -> Vec<String> {
     let mut keys: Vec<String> = names.iter().map(|n| qkey(queue, n)).collect();
     keys.push("ballast:queues".to_string());
@@ -214,10 +216,16 @@ impl Env {
         out
     }
 
+    /// The worker's current epoch (0 when it is not registered).
+    pub async fn epoch(&self, queue: &str, w: &str) -> u64 {
+        epoch_of(&self.store, queue, w).await
+    }
+
     /// Claims up to `max` tasks from the worker's inbox.
     pub async fn claim(&self, queue: &str, w: &str, max: usize) -> Vec<ClaimedTask> {
+        let epoch = self.epoch(queue, w).await;
         self.store
-            .claim_tasks(queue, w, &[], max)
+            .claim_tasks(queue, w, epoch, &[], max)
             .await
             .expect("claim")
     }
@@ -265,4 +273,15 @@ impl Env {
             .parse()
             .expect("integer field")
     }
+}
+
+/// A worker's current epoch, 0 when it is not registered.
+pub async fn epoch_of(store: &Store, queue: &str, w: &str) -> u64 {
+    store
+        .workers(queue)
+        .await
+        .expect("workers")
+        .into_iter()
+        .find(|r| r.id == w)
+        .map_or(0, |r| r.epoch)
 }

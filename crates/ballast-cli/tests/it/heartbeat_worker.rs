@@ -27,7 +27,11 @@ async fn records_server_time_and_nothing_else() {
     let keys = env.keys().await;
 
     let lo = env.now_ms().await;
-    assert!(env.store.heartbeat_worker(Q, "w").await.expect("beat"));
+    assert!(env
+        .store
+        .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
+        .await
+        .expect("beat"));
     let hi = env.now_ms().await;
 
     let mut after = env.worker_hash(Q, "w").await;
@@ -50,7 +54,11 @@ async fn records_server_time_and_nothing_else() {
 #[tokio::test]
 async fn unknown_worker_returns_false_and_writes_nothing() {
     let mut env = Env::start().await;
-    assert!(!env.store.heartbeat_worker(Q, "ghost").await.expect("beat"));
+    assert!(!env
+        .store
+        .heartbeat_worker(Q, "ghost", env.epoch(Q, "ghost").await)
+        .await
+        .expect("beat"));
     assert!(env.keys().await.is_empty());
 
     // A removed worker is unknown too: it must register again.
@@ -60,7 +68,11 @@ async fn unknown_worker_returns_false_and_writes_nothing() {
         .await
         .expect("remove");
     let before = env.snapshot().await;
-    assert!(!env.store.heartbeat_worker(Q, "w").await.expect("beat"));
+    assert!(!env
+        .store
+        .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
+        .await
+        .expect("beat"));
     assert_eq!(env.snapshot().await, before);
     assert!(!env.keys().await.contains(&qkey(Q, "worker:w")));
     env.assert_sound(Q).await;
@@ -75,7 +87,11 @@ async fn a_draining_worker_still_beats_and_stays_out_of_the_free_index() {
         .await
         .expect("drain");
     let lo = env.now_ms().await;
-    assert!(env.store.heartbeat_worker(Q, "w").await.expect("beat"));
+    assert!(env
+        .store
+        .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
+        .await
+        .expect("beat"));
     let hi = env.now_ms().await;
     let mut h = env.worker_hash(Q, "w").await;
     take_time(&mut h, "heartbeat_at", lo, hi);
@@ -97,7 +113,11 @@ async fn heartbeat_places_work_left_over_by_a_capped_placement() {
     assert_eq!(env.inbox(Q, "w").await.len(), 1000);
     assert_eq!(env.zrange(Q, "pending").await, vec![specs[1000].id.clone()]);
 
-    assert!(env.store.heartbeat_worker(Q, "w").await.expect("beat"));
+    assert!(env
+        .store
+        .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
+        .await
+        .expect("beat"));
     let inbox = env.inbox(Q, "w").await;
     let want: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
     assert_eq!(inbox, want);

@@ -35,18 +35,21 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
     assert_eq!(env.task_hash(Q, &t1).await, h1_before);
     assert_eq!(env.smembers(Q, "worker:w:tasks").await, vec![t1.clone()]);
     assert_eq!(env.zrange(Q, "running").await, vec![t1.clone()]);
-    // The assigned one is back in pending, at its order, without its worker or an attempt.
+    // The assigned one is back in pending, at its order, without its worker, an attempt or a
+    // run; the hand-back is counted.
     let h2 = env.task_hash(Q, &t2).await;
     assert_eq!(
         (
             h2["state"].as_str(),
             h2["worker"].as_str(),
             h2["attempts"].as_str(),
-            h2["lease"].as_str()
+            h2["lease"].as_str(),
+            h2["requeues"].as_str()
         ),
-        ("pending", "", "0", "1")
+        ("pending", "", "0", "1", "1")
     );
     assert!(!h2.contains_key("assigned_at") && !h2.contains_key("started_at"));
+    assert!(!h2.contains_key("runs"), "{h2:?}");
     assert_eq!(
         env.zscores(Q, "pending").await,
         vec![(t2.clone(), h2["order"].parse::<f64>().expect("order"))]
@@ -58,6 +61,7 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
         expect_keys(
             Q,
             &[
+                "epoch",
                 "heartbeats",
                 "pending",
                 "running",
@@ -136,23 +140,38 @@ async fn remove_hands_back_everything_and_deletes_the_worker() {
         .expect("remove");
     assert_eq!(back, 2);
 
-    // t1 (first in order) goes to w2 under a new lease; its started attempt stays counted.
+    // t1 (first in order) goes to w2 under a new lease. Its run was cut short by the removal,
+    // so it gives its attempt back; `runs` still counts the run and `requeues` the hand-back.
     let mut h1 = env.task_hash(Q, &t1).await;
     assert!(!h1.contains_key("started_at"), "{h1:?}");
-    h1.retain(|k, _| ["state", "worker", "lease", "attempts"].contains(&k.as_str()));
+    h1.retain(|k, _| {
+        ["state", "worker", "lease", "attempts", "runs", "requeues"].contains(&k.as_str())
+    });
     assert_eq!(
         h1,
         strmap(&[
             ("state", "assigned"),
             ("worker", "w2"),
             ("lease", "2"),
-            ("attempts", "1"),
+            ("attempts", "0"),
+            ("runs", "1"),
+            ("requeues", "1"),
         ])
     );
-    let h2 = env.task_hash(Q, &t2).await;
+    // t2 was only assigned: no attempt, no run, one hand-back.
+    let mut h2 = env.task_hash(Q, &t2).await;
+    h2.retain(|k, _| {
+        ["state", "worker", "lease", "attempts", "runs", "requeues"].contains(&k.as_str())
+    });
     assert_eq!(
-        (h2["state"].as_str(), h2["worker"].as_str()),
-        ("pending", "")
+        h2,
+        strmap(&[
+            ("state", "pending"),
+            ("worker", ""),
+            ("lease", "1"),
+            ("attempts", "0"),
+            ("requeues", "1"),
+        ])
     );
     assert_eq!(env.zrange(Q, "pending").await, vec![t2.clone()]);
     assert_eq!(env.inbox(Q, "w2").await, vec![t1.clone()]);
@@ -166,6 +185,7 @@ async fn remove_hands_back_everything_and_deletes_the_worker() {
             &[
                 "assigned",
                 "cap",
+                "epoch",
                 "free",
                 "heartbeats",
                 "pending",
@@ -205,10 +225,29 @@ async fn remove_after_drain_hands_back_the_running_tasks() {
         1
     );
     assert_eq!(env.zrange(Q, "pending").await, vec![t.clone()]);
+    // The run cut short gives its attempt back; `runs` and `requeues` record what happened.
+    let mut h = env.task_hash(Q, &t).await;
+    assert!(!h.contains_key("started_at") && !h.contains_key("assigned_at"));
+    h.retain(|k, _| {
+        ["state", "worker", "lease", "attempts", "runs", "requeues"].contains(&k.as_str())
+    });
+    assert_eq!(
+        h,
+        strmap(&[
+            ("state", "pending"),
+            ("worker", ""),
+            ("lease", "1"),
+            ("attempts", "0"),
+            ("runs", "1"),
+            ("requeues", "1"),
+        ])
+    );
+    // Every worker key is gone; the queue's epoch counter stays, so a later registration
+    // never reuses an epoch.
     let k = format!("task:{t}");
     assert_eq!(
         env.keys().await,
-        expect_keys(Q, &["pending", "seq", "tick", &k])
+        expect_keys(Q, &["epoch", "pending", "seq", "tick", &k])
     );
     env.assert_sound(Q).await;
 }

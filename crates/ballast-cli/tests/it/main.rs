@@ -10,6 +10,7 @@ mod heartbeat_worker;
 mod leave_worker;
 mod placement;
 mod races;
+mod recover_workers;
 mod register_worker;
 mod submit_task;
 mod validation;

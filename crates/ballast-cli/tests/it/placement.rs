@@ -391,7 +391,11 @@ async fn look_ahead_stops_after_32_blocked_shapes() {
     env.finish(Q, "small", &t[0], 1).await;
     let (s2, p) = put(&env, task(Q, 1)).await;
     assert_eq!(p, Placement::Pending);
-    assert!(env.store.heartbeat_worker(Q, "small").await.expect("beat"));
+    assert!(env
+        .store
+        .heartbeat_worker(Q, "small", env.epoch(Q, "small").await)
+        .await
+        .expect("beat"));
     assert_eq!(env.worker_int(Q, "small", "assigned").await, 0);
     env.assert_sound(Q).await;
 

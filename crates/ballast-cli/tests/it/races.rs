@@ -89,6 +89,7 @@ async fn work(
     progress: Arc<Progress>,
 ) -> WorkerReport {
     let store = Store::connect(&url).await.expect("connect");
+    let epoch = crate::harness::epoch_of(&store, Q, &w).await;
     let mut conn = store
         .blocking_connection()
         .await
@@ -108,12 +109,16 @@ async fn work(
             match popped {
                 Some(id) => running.extend(
                     store
-                        .claim_tasks(Q, &w, &[id], claim_max)
+                        .claim_tasks(Q, &w, epoch, &[id], claim_max)
                         .await
                         .expect("claim"),
                 ),
                 None => {
-                    if !store.heartbeat_worker(Q, &w).await.expect("heartbeat") {
+                    if !store
+                        .heartbeat_worker(Q, &w, epoch)
+                        .await
+                        .expect("heartbeat")
+                    {
                         break; // removed
                     }
                 }

@@ -36,6 +36,8 @@ async fn new_worker_gets_pending_tasks() {
             ("state", "active"),
             ("tick", "2"),
             ("finished", "0"),
+            // The queue's first registration.
+            ("epoch", "1"),
         ])
     );
     // In order, until the worker is full.
@@ -78,6 +80,7 @@ async fn new_worker_gets_pending_tasks() {
             &[
                 "assigned",
                 "cap",
+                "epoch",
                 "free",
                 "heartbeats",
                 "pending",
@@ -102,6 +105,7 @@ async fn a_tagged_worker_is_indexed_under_each_tag() {
     env.register(Q, "g", 5, &["gpu", "ssd"]).await;
     let h = env.worker_hash(Q, "g").await;
     assert_eq!(h["tags"], "gpu,ssd");
+    assert_eq!(h["epoch"], "1");
     for tag in ["gpu", "ssd"] {
         assert_eq!(
             env.zscores(Q, &format!("cap:{tag}")).await,
@@ -120,6 +124,7 @@ async fn a_tagged_worker_is_indexed_under_each_tag() {
                 "cap",
                 "cap:gpu",
                 "cap:ssd",
+                "epoch",
                 "free",
                 "free:gpu",
                 "free:ssd",
@@ -133,6 +138,7 @@ async fn a_tagged_worker_is_indexed_under_each_tag() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].tags, vec!["gpu", "ssd"]);
     assert_eq!((recs[0].capacity, recs[0].assigned), (5, 0));
+    assert_eq!(recs[0].epoch, 1);
     env.assert_sound(Q).await;
 }
 
@@ -236,6 +242,8 @@ async fn a_worker_silent_longer_than_dead_after_is_taken_over() {
         .expect("dead id is taken over");
     assert_eq!(env.worker_int(Q, "w", "capacity").await, 5);
     assert!(env.worker_int(Q, "w", "heartbeat_at").await > old);
+    // The new process runs under the next epoch.
+    assert_eq!(env.worker_int(Q, "w", "epoch").await, 2);
     env.assert_sound(Q).await;
 }
 
@@ -260,7 +268,8 @@ async fn dead_id_is_taken_over_and_its_tasks_go_back() {
     let hi = env.now_ms().await;
 
     // The old worker's tasks were handed back; t1 is placed again on the new record under a
-    // new lease, t2 (gpu) has no capable worker any more and is parked.
+    // new lease, t2 (gpu) has no capable worker any more and is parked. The new record runs
+    // under the next epoch.
     let mut w = env.worker_hash(Q, "w").await;
     take_time(&mut w, "registered_at", lo, hi);
     take_time(&mut w, "heartbeat_at", lo, hi);
@@ -274,8 +283,11 @@ async fn dead_id_is_taken_over_and_its_tasks_go_back() {
             ("state", "active"),
             ("tick", "3"),
             ("finished", "0"),
+            ("epoch", "2"),
         ])
     );
+    // t1's run was cut short by the takeover: it gives its attempt back, while `runs` still
+    // counts the run and `requeues` the hand-back.
     let mut h1 = env.task_hash(Q, &t1).await;
     take_time(&mut h1, "assigned_at", lo, hi);
     assert_eq!(
@@ -283,21 +295,27 @@ async fn dead_id_is_taken_over_and_its_tasks_go_back() {
             h1["state"].as_str(),
             h1["worker"].as_str(),
             h1["lease"].as_str(),
-            h1["attempts"].as_str()
+            h1["attempts"].as_str(),
+            h1["runs"].as_str(),
+            h1["requeues"].as_str()
         ),
-        ("assigned", "w", "2", "1")
+        ("assigned", "w", "2", "0", "1", "1")
     );
     assert!(!h1.contains_key("started_at"), "{h1:?}");
+    // t2 was never started: no attempt, no run, one hand-back.
     let h2 = env.task_hash(Q, &t2).await;
     assert_eq!(
         (
             h2["state"].as_str(),
             h2["worker"].as_str(),
-            h2["lease"].as_str()
+            h2["lease"].as_str(),
+            h2["attempts"].as_str(),
+            h2["requeues"].as_str()
         ),
-        ("pending", "", "1")
+        ("pending", "", "1", "0", "1")
     );
     assert!(!h2.contains_key("assigned_at"), "{h2:?}");
+    assert!(!h2.contains_key("runs"), "{h2:?}");
     assert_eq!(env.inbox(Q, "w").await, vec![t1.clone()]);
     assert_eq!(env.smembers(Q, "worker:w:tasks").await, vec![t1.clone()]);
     assert_eq!(env.zrange(Q, "parked").await, vec![t2.clone()]);
@@ -313,6 +331,7 @@ async fn dead_id_is_taken_over_and_its_tasks_go_back() {
             &[
                 "assigned",
                 "cap",
+                "epoch",
                 "free",
                 "heartbeats",
                 "parked",

@@ -145,6 +145,7 @@ async fn assigned_when_a_worker_has_room() {
             &[
                 "assigned",
                 "cap",
+                "epoch",
                 "free",
                 "heartbeats",
                 "seq",

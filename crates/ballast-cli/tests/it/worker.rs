@@ -16,6 +16,7 @@ use crate::harness::Env;
 const FAST: WorkerConfig = WorkerConfig {
     heartbeat_interval: Duration::from_millis(50),
     dead_after: Duration::from_millis(500),
+    recovery_period: Duration::from_millis(50),
 };
 
 #[derive(Deserialize)]
@@ -281,6 +282,7 @@ async fn bad_worker_settings_are_refused_before_registering() {
             Worker::new(env.store.clone(), "q", 1).config(WorkerConfig {
                 heartbeat_interval: Duration::from_secs(1),
                 dead_after: Duration::from_secs(1),
+                recovery_period: Duration::from_secs(1),
             }),
             "invalid dead_after",
         ),

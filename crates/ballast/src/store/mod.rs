@@ -36,6 +36,8 @@ static FINISH_TASK: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/finish_task.lua")));
 static LEAVE_WORKER: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/leave_worker.lua")));
+static RECOVER_WORKERS: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/recover_workers.lua")));
 
 /// The set of queue names (a directory for `status`; outside any queue's slot).
 const QUEUES_KEY: &str = "ballast:queues";
@@ -167,6 +169,8 @@ pub struct WorkerRecord {
     pub registered_at: i64,
     /// Tasks it finished (succeeded or failed).
     pub finished: i64,
+    /// The registration's fencing token; a process presenting another one was declared dead.
+    pub epoch: u64,
 }
 
 impl WorkerRecord {
@@ -190,6 +194,7 @@ impl WorkerRecord {
             heartbeat_at: int("heartbeat_at")?,
             registered_at: int("registered_at")?,
             finished: int("finished")?,
+            epoch: int("epoch")?.try_into().unwrap_or(0),
         })
     }
 }
@@ -435,9 +440,11 @@ impl Store {
             .collect()
     }
 
-    /// Registers a worker and places what now fits on it. A record left under the same id
-    /// by a process whose last heartbeat is older than `dead_after` is replaced (its tasks
-    /// are handed back first); a live one is refused with [`Error::WorkerIdTaken`].
+    /// Registers a worker, places what now fits on it, and returns its epoch: the token this
+    /// process presents on every later call, so that it learns when it was declared dead. A
+    /// record left under the same id by a process whose last heartbeat is older than
+    /// `dead_after` is replaced (its tasks are handed back first); a live one is refused with
+    /// [`Error::WorkerIdTaken`].
     pub async fn register_worker(
         &self,
         queue: &str,
@@ -445,7 +452,7 @@ impl Store {
         capacity: i64,
         tags: &[String],
         dead_after: Duration,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         conn.sadd::<_, _, ()>(QUEUES_KEY, queue).await?;
@@ -459,20 +466,26 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         match reply.first().map(String::as_str) {
-            Some("ok") => Ok(()),
+            Some("ok") => reply
+                .get(2)
+                .and_then(|e| e.parse().ok())
+                .ok_or_else(|| Error::Corrupt(format!("register_worker replied {reply:?}"))),
             Some("taken") => Err(Error::WorkerIdTaken(worker.to_string())),
             _ => Err(Error::Corrupt(format!("register_worker replied {reply:?}"))),
         }
     }
 
-    /// Records a heartbeat (server time). `false` when the worker is no longer registered.
-    pub async fn heartbeat_worker(&self, queue: &str, worker: &str) -> Result<bool> {
+    /// Records a heartbeat (server time). `false` when the worker is no longer registered
+    /// under `epoch`: it was declared dead, its tasks went to others, and it must drop its
+    /// work and register again.
+    pub async fn heartbeat_worker(&self, queue: &str, worker: &str, epoch: u64) -> Result<bool> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let alive: i64 = HEARTBEAT_WORKER
             .key(format!("{p}worker:{worker}"))
             .arg(&p)
             .arg(worker)
+            .arg(epoch)
             .invoke_async(&mut conn)
             .await?;
         Ok(alive == 1)
@@ -493,11 +506,13 @@ impl Store {
     }
 
     /// Marks up to `max` tasks of the worker's inbox running (`given` ids first, already
-    /// popped by [`Store::wait_inbox`]) and returns them.
+    /// popped by [`Store::wait_inbox`]) and returns them. Claims nothing when `epoch` is not
+    /// the worker's current one.
     pub async fn claim_tasks(
         &self,
         queue: &str,
         worker: &str,
+        epoch: u64,
         given: &[String],
         max: usize,
     ) -> Result<Vec<ClaimedTask>> {
@@ -507,6 +522,7 @@ impl Store {
             .key(format!("{p}worker:{worker}:inbox"))
             .arg(&p)
             .arg(worker)
+            .arg(epoch)
             .arg(max.max(given.len()))
             .arg(given)
             .invoke_async(&mut conn)
@@ -562,6 +578,35 @@ impl Store {
             })
             .invoke_async(&mut conn)
             .await?)
+    }
+
+    /// Declares dead the workers whose last heartbeat is older than `dead_after`, hands
+    /// their tasks back (without using attempts) and places them; sweeps a bounded step of
+    /// orphans. Idempotent: every worker may run it at once. Returns
+    /// `(workers declared dead, tasks handed back)`.
+    pub async fn recover_workers(&self, queue: &str, dead_after: Duration) -> Result<(u64, u64)> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let (dead, back): (u64, u64) = RECOVER_WORKERS
+            .key(format!("{p}heartbeats"))
+            .arg(&p)
+            .arg(u64::try_from(dead_after.as_millis()).unwrap_or(u64::MAX))
+            .arg(100)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((dead, back))
+    }
+
+    /// The last recoveries of the queue, newest first: `{worker, reason, heartbeat_at,
+    /// declared_dead_at, tasks_requeued}`.
+    pub async fn recoveries(&self, queue: &str) -> Result<Vec<serde_json::Value>> {
+        let mut conn = self.conn.clone();
+        let rows: Vec<String> = conn
+            .lrange(format!("{}recoveries", prefix(queue)), 0, -1)
+            .await?;
+        rows.iter()
+            .map(|r| serde_json::from_str(r).map_err(Error::from))
+            .collect()
     }
 
     /// Checks the queue's invariants and returns every violation found (empty when sound):

@@ -4,12 +4,14 @@
 -- KEYS[1] hash    the worker record, P .. 'worker:' .. id
 -- ARGV[1] string  queue prefix P = "ballast:{queue}:"
 -- ARGV[2] string  worker id
+-- ARGV[3] int     the epoch register_worker gave this process
 --
--- Returns 1, or 0 when the worker is unknown (it was removed and must register again).
+-- Returns 1, or 0 when the worker is unknown or registered under another epoch: it was
+-- declared dead (its tasks went to others) and must drop its work and register again.
 
 local wk = KEYS[1]
-local w = ARGV[2]
-if redis.call('EXISTS', wk) == 0 then return 0 end
+local w, epoch = ARGV[2], ARGV[3]
+if redis.call('HGET', wk, 'epoch') ~= epoch then return 0 end
 local now = now_ms()
 redis.call('HSET', wk, 'heartbeat_at', now)
 redis.call('ZADD', key('heartbeats'), now, w)

@@ -13,19 +13,18 @@ local wk = KEYS[1]
 local w, phase = ARGV[2], ARGV[3]
 if redis.call('EXISTS', wk) == 0 then return 0 end
 
-redis.call('HSET', wk, 'state', 'draining')
-index_worker(w)
 local back = 0
-for _, id in ipairs(redis.call('SMEMBERS', held_key(w))) do
-  if phase == 'remove' or redis.call('HGET', task_key(id), 'state') == 'assigned' then
-    requeue(id, w)
-    back = back + 1
-  end
-end
 if phase == 'remove' then
-  redis.call('DEL', wk, inbox_key(w), held_key(w))
-  redis.call('SREM', key('workers'), w)
-  redis.call('ZREM', key('heartbeats'), w)
+  back = release_worker(w)
+else
+  redis.call('HSET', wk, 'state', 'draining')
+  index_worker(w)
+  for _, id in ipairs(redis.call('SMEMBERS', held_key(w))) do
+    if redis.call('HGET', task_key(id), 'state') == 'assigned' then
+      requeue(id, w)
+      back = back + 1
+    end
+  end
 end
 place(now_ms())
 return back

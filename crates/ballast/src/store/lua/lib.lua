@@ -223,17 +223,39 @@ local function unpark_all()
   end
 end
 
--- Put a held task back in pending at its original order, without counting an attempt, and
--- take its cost off worker w. The caller re-indexes w and calls place().
+-- Put a held task back in pending at its original order and take its cost off worker w
+-- (when w still exists). A run cut short by a crash, a drain or a takeover is not the task's
+-- fault, so it gives its attempt back; `runs` still counts it. The caller re-indexes w and
+-- calls place().
 local function requeue(id, w)
-  local h = redis.call('HMGET', task_key(id), 'cost', 'order', 'state')
+  local tk = task_key(id)
+  local h = redis.call('HMGET', tk, 'cost', 'order', 'state')
   redis.call('ZREM', key(h[3]), id)
   if h[3] == 'assigned' then redis.call('LREM', inbox_key(w), 0, id) end
+  if h[3] == 'running' then redis.call('HINCRBY', tk, 'attempts', -1) end
   redis.call('ZADD', key('pending'), h[2], id)
-  redis.call('HSET', task_key(id), 'state', 'pending', 'worker', '')
-  redis.call('HDEL', task_key(id), 'assigned_at', 'started_at')
-  redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[1]))
+  redis.call('HSET', tk, 'state', 'pending', 'worker', '')
+  redis.call('HDEL', tk, 'assigned_at', 'started_at')
+  redis.call('HINCRBY', tk, 'requeues', 1)
+  if redis.call('EXISTS', worker_key(w)) == 1 then
+    redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[1]))
+  end
   redis.call('SREM', held_key(w), id)
+end
+
+-- Remove worker w entirely: out of every index, its tasks handed back, its keys deleted.
+-- Returns the number of tasks handed back. The caller calls place().
+local function release_worker(w)
+  if redis.call('EXISTS', worker_key(w)) == 1 then
+    redis.call('HSET', worker_key(w), 'state', 'gone')
+    index_worker(w)
+  end
+  local held = redis.call('SMEMBERS', held_key(w))
+  for _, id in ipairs(held) do requeue(id, w) end
+  redis.call('DEL', worker_key(w), inbox_key(w), held_key(w))
+  redis.call('SREM', key('workers'), w)
+  redis.call('ZREM', key('heartbeats'), w)
+  return #held
 end
 
 -- Claim up to `max` tasks for worker w: `given` ids (already popped from the inbox by the
@@ -254,6 +276,7 @@ local function claim(w, given, max, now)
     local h = redis.call('HMGET', tk, 'state', 'worker')
     if h[1] == 'assigned' and h[2] == w then
       local attempt = redis.call('HINCRBY', tk, 'attempts', 1)
+      redis.call('HINCRBY', tk, 'runs', 1)
       redis.call('HSET', tk, 'state', 'running', 'started_at', now)
       redis.call('ZREM', key('assigned'), id)
       redis.call('ZADD', key('running'), now, id)

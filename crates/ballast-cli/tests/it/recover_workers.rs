@@ -1,0 +1,301 @@
+//! Tests of `Store::recover_workers` (recover_workers.lua): workers whose heartbeat is too old
+//! are declared dead, their tasks go to the living without using attempts, a process that
+//! was declared dead is fenced out, orphans are swept, and every step is idempotent.
+
+use std::time::Duration;
+
+use ballast::store::{prefix, Finish, Outcome};
+use ballast::{Placement, TaskState};
+use redis::AsyncCommands;
+
+use crate::harness::{task, Env};
+
+const Q: &str = "jobs";
+const DEAD_AFTER: Duration = Duration::from_secs(5);
+
+/// Seeds a heartbeat `age_ms` in the past (server clock) for worker `w`.
+async fn age_heartbeat(env: &mut Env, w: &str, age_ms: i64) {
+    let at = env.now_ms().await - age_ms;
+    let p = prefix(Q);
+    let _: () = env
+        .raw
+        .zadd(format!("{p}heartbeats"), w, at)
+        .await
+        .expect("zadd");
+    let _: () = env
+        .raw
+        .hset(format!("{p}worker:{w}"), "heartbeat_at", at)
+        .await
+        .expect("hset");
+}
+
+#[tokio::test]
+async fn a_dead_workers_tasks_go_to_the_living_without_using_attempts() {
+    let mut env = Env::start().await;
+    env.register(Q, "old", 2, &[]).await;
+    let a = env.submit(task(Q, 1)).await;
+    let b = env.submit(task(Q, 1)).await;
+    let claimed = env.claim(Q, "old", 1).await;
+    assert_eq!(claimed[0].id, a);
+    env.register(Q, "new", 2, &[]).await;
+    age_heartbeat(&mut env, "old", 10_000).await;
+
+    let (dead, back) = env
+        .store
+        .recover_workers(Q, DEAD_AFTER)
+        .await
+        .expect("recover");
+    assert_eq!((dead, back), (1, 2));
+
+    // The dead worker is gone from every key; both tasks are assigned to the living one.
+    let p = prefix(Q);
+    for k in ["worker:old", "worker:old:inbox", "worker:old:tasks"] {
+        let exists: bool = env.raw.exists(format!("{p}{k}")).await.expect("exists");
+        assert!(!exists, "{k} survived");
+    }
+    assert_eq!(env.smembers(Q, "workers").await, vec!["new".to_string()]);
+    assert_eq!(env.zrange(Q, "heartbeats").await, vec!["new".to_string()]);
+    assert_eq!(env.zrange(Q, "free").await, vec!["new".to_string()]);
+    assert_eq!(env.zrange(Q, "cap").await, vec!["new".to_string()]);
+    assert_eq!(env.inbox(Q, "new").await, vec![a.clone(), b.clone()]);
+    let ta = env.task_hash(Q, &a).await;
+    assert_eq!(
+        (
+            ta["state"].as_str(),
+            ta["worker"].as_str(),
+            ta["lease"].as_str()
+        ),
+        ("assigned", "new", "2")
+    );
+    // The run cut short gave its attempt back; runs and requeues tell what happened.
+    assert_eq!(
+        (
+            ta["attempts"].as_str(),
+            ta["runs"].as_str(),
+            ta["requeues"].as_str()
+        ),
+        ("0", "1", "1")
+    );
+    let tb = env.task_hash(Q, &b).await;
+    assert_eq!(
+        (tb["attempts"].as_str(), tb["requeues"].as_str()),
+        ("0", "1")
+    );
+    assert!(!tb.contains_key("runs"));
+
+    // Why, recorded.
+    let log = env.store.recoveries(Q).await.expect("recoveries");
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["worker"], "old");
+    assert_eq!(log[0]["tasks_requeued"], 2);
+    let reason = log[0]["reason"].as_str().expect("reason");
+    assert!(reason.starts_with("no heartbeat for "), "{reason}");
+    env.assert_sound(Q).await;
+
+    // Idempotent: a second step finds nothing and changes nothing.
+    let before = env.snapshot().await;
+    let again = env
+        .store
+        .recover_workers(Q, DEAD_AFTER)
+        .await
+        .expect("recover");
+    assert_eq!(again, (0, 0));
+    assert_eq!(env.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn a_recent_heartbeat_is_not_dead() {
+    let mut env = Env::start().await;
+    env.register(Q, "w", 1, &[]).await;
+    env.submit(task(Q, 1)).await;
+    age_heartbeat(&mut env, "w", 2_400).await;
+    let before = env.snapshot().await;
+    let r = env
+        .store
+        .recover_workers(Q, DEAD_AFTER)
+        .await
+        .expect("recover");
+    assert_eq!(r, (0, 0));
+    assert_eq!(env.snapshot().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_recoveries_hand_each_task_back_once() {
+    let mut env = Env::start().await;
+    env.register(Q, "old", 8, &[]).await;
+    let specs: Vec<_> = (0..8).map(|_| task(Q, 1)).collect();
+    env.client.submit_many(&specs).await.expect("submit");
+    env.claim(Q, "old", 4).await;
+    age_heartbeat(&mut env, "old", 60_000).await;
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let url = env.url.clone();
+        calls.push(tokio::spawn(async move {
+            let store = ballast::Store::connect(&url).await.expect("connect");
+            store.recover_workers(Q, DEAD_AFTER).await.expect("recover")
+        }));
+    }
+    let mut total = (0, 0);
+    for c in calls {
+        let (d, b) = c.await.expect("join");
+        total = (total.0 + d, total.1 + b);
+    }
+    assert_eq!(total, (1, 8));
+    assert_eq!(env.zrange(Q, "pending").await.len(), 8);
+    for s in &specs {
+        let t = env.task_hash(Q, &s.id).await;
+        assert_eq!(
+            (
+                t["state"].as_str(),
+                t["requeues"].as_str(),
+                t["attempts"].as_str()
+            ),
+            ("pending", "1", "0")
+        );
+    }
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn a_worker_declared_dead_is_fenced_out() {
+    let mut env = Env::start().await;
+    env.register(Q, "paused", 1, &[]).await;
+    let old_epoch = env.epoch(Q, "paused").await;
+    let id = env.submit(task(Q, 1)).await;
+    let stale = env.claim(Q, "paused", 1).await.remove(0);
+    env.register(Q, "other", 1, &[]).await;
+    age_heartbeat(&mut env, "paused", 10_000).await;
+    env.store
+        .recover_workers(Q, DEAD_AFTER)
+        .await
+        .expect("recover");
+    let fresh = env.claim(Q, "other", 1).await.remove(0);
+    assert_eq!((fresh.id.as_str(), fresh.lease), (id.as_str(), 2));
+
+    // The paused process comes back: its result, heartbeat and claims are all refused.
+    let before = env.snapshot().await;
+    let late = env
+        .store
+        .finish_task(
+            Q,
+            "paused",
+            &stale,
+            &Outcome::Succeeded("\"late\"".into()),
+            1,
+        )
+        .await
+        .expect("finish");
+    assert_eq!(late, Finish::Stale);
+    assert!(!env
+        .store
+        .heartbeat_worker(Q, "paused", old_epoch)
+        .await
+        .expect("beat"));
+    let none = env
+        .store
+        .claim_tasks(Q, "paused", old_epoch, &[], 1)
+        .await
+        .expect("claim");
+    assert!(none.is_empty());
+    assert_eq!(env.snapshot().await, before);
+
+    // It registers again under a new epoch; the task has exactly one success, by `other`.
+    env.register(Q, "paused", 1, &[]).await;
+    assert!(env.epoch(Q, "paused").await > old_epoch);
+    env.finish(Q, "other", &fresh, 0).await;
+    let t = env.store.task(Q, &id).await.expect("read").expect("task");
+    assert_eq!(
+        (t.state, t.worker.as_deref(), t.runs, t.attempts),
+        (TaskState::Succeeded, Some("other"), 2, 1)
+    );
+    assert_eq!(env.store.counts(Q).await.expect("counts").succeeded, 1);
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn an_orphan_whose_worker_is_unknown_is_swept() {
+    let mut env = Env::start().await;
+    env.register(Q, "lost", 1, &[]).await;
+    let id = env.submit(task(Q, 1)).await;
+    env.claim(Q, "lost", 1).await;
+    // The worker's records vanish (a restore from an older snapshot, a hand-made DEL): its
+    // running task names a worker nobody knows.
+    let p = prefix(Q);
+    let _: () = env
+        .raw
+        .del(&[format!("{p}worker:lost"), format!("{p}worker:lost:tasks")])
+        .await
+        .expect("del");
+    let _: () = env
+        .raw
+        .srem(format!("{p}workers"), "lost")
+        .await
+        .expect("srem");
+    let _: () = env
+        .raw
+        .zrem(format!("{p}heartbeats"), "lost")
+        .await
+        .expect("zrem");
+    let _: () = env
+        .raw
+        .zrem(format!("{p}free"), "lost")
+        .await
+        .expect("zrem");
+    let _: () = env.raw.zrem(format!("{p}cap"), "lost").await.expect("zrem");
+    env.register(Q, "alive", 1, &[]).await;
+
+    let r = env
+        .store
+        .recover_workers(Q, DEAD_AFTER)
+        .await
+        .expect("recover");
+    assert_eq!(r, (0, 1));
+    let t = env.task_hash(Q, &id).await;
+    assert_eq!(
+        (
+            t["state"].as_str(),
+            t["worker"].as_str(),
+            t["attempts"].as_str()
+        ),
+        ("assigned", "alive", "0")
+    );
+    env.assert_sound(Q).await;
+    assert_eq!(
+        env.client.submit(&task(Q, 1)).await.expect("submit"),
+        Placement::Pending
+    );
+}
+
+#[tokio::test]
+async fn a_fenced_claim_returns_only_ids_still_waiting_and_never_twice() {
+    let mut env = Env::start().await;
+    env.register(Q, "w", 2, &[]).await;
+    let old_epoch = env.epoch(Q, "w").await;
+    let x = env.submit(task(Q, 1)).await;
+    let y = env.submit(task(Q, 1)).await;
+    // The old process popped both ids, then paused; the id was taken over (both tasks
+    // handed back and placed on the new incarnation, x already started there).
+    let p = prefix(Q);
+    let _: Vec<String> = env
+        .raw
+        .lpop(format!("{p}worker:w:inbox"), std::num::NonZeroUsize::new(2))
+        .await
+        .expect("lpop");
+    env.store
+        .register_worker(Q, "w", 2, &[], Duration::ZERO)
+        .await
+        .expect("takeover");
+    let started = env.claim(Q, "w", 1).await;
+    assert_eq!(started[0].id, x);
+    assert_eq!(env.inbox(Q, "w").await, vec![y.clone()]);
+
+    // The old process wakes and claims what it popped, with its old epoch.
+    let got = env
+        .store
+        .claim_tasks(Q, "w", old_epoch, &[x.clone(), y.clone()], 2)
+        .await
+        .expect("claim");
+    assert!(got.is_empty());
+    assert_eq!(env.inbox(Q, "w").await, vec![y]);
+    env.assert_sound(Q).await;
+}

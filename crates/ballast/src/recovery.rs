@@ -1,0 +1,48 @@
+//! The recovery loop: every worker declares dead the workers whose heartbeat is too old and
+//! hands their tasks to the living.
+//!
+//! Each step is one idempotent script call (`recover_workers.lua`), so every worker can run
+//! it on its own period with no leader: when several find the same dead worker at once, the
+//! first call takes its tasks and the others find nothing left.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::store::Store;
+use crate::worker::stopped;
+
+pub(crate) struct Recovery {
+    pub(crate) store: Store,
+    pub(crate) queue: String,
+    pub(crate) dead_after: Duration,
+    pub(crate) period: Duration,
+}
+
+impl Recovery {
+    /// Runs a step every `period` until `stop` turns true.
+    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.step().await,
+                _ = stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    async fn step(&self) {
+        match self
+            .store
+            .recover_workers(&self.queue, self.dead_after)
+            .await
+        {
+            Ok((0, 0)) => {}
+            Ok((dead, requeued)) => {
+                tracing::warn!(queue = %self.queue, dead, requeued, "recovered tasks of dead workers")
+            }
+            Err(e) => tracing::warn!(queue = %self.queue, error = %e, "recovery step failed"),
+        }
+    }
+}

@@ -1,0 +1,49 @@
+-- recover_workers.lua: declare dead the workers whose last heartbeat (server time) is older
+-- than the limit, hand their tasks to the living, and sweep orphans. Idempotent and safe
+-- when every worker runs it at once: a second caller finds nothing left to do.
+--
+-- KEYS[1] zset    P .. 'heartbeats' (worker id -> last heartbeat, ms)
+-- ARGV[1] string  queue prefix P = "ballast:{queue}:"
+-- ARGV[2] int     dead-after in milliseconds
+-- ARGV[3] int     most workers declared dead in one call
+--
+-- Each recovery is logged, newest first, in P .. 'recoveries' (a list of JSON objects, the
+-- last 100 kept). Orphans are assigned or running tasks whose worker is not registered: a
+-- bounded ZSCAN step per call, its cursor kept in P .. 'sweep:<state>'.
+-- Returns {workers declared dead, tasks handed back}.
+
+local dead_after, max_workers = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local limit = now - dead_after
+
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. fmt(limit), 'LIMIT', 0,
+  max_workers)
+local back = 0
+for _, w in ipairs(dead) do
+  local beat = tonumber(redis.call('ZSCORE', KEYS[1], w))
+  local n = release_worker(w)
+  back = back + n
+  redis.call('LPUSH', key('recoveries'), cjson.encode({
+    worker = w, reason = 'no heartbeat for ' .. (now - beat) .. ' ms',
+    heartbeat_at = beat, declared_dead_at = now, tasks_requeued = n }))
+  redis.call('LTRIM', key('recoveries'), 0, 99)
+end
+
+for _, state in ipairs({ 'assigned', 'running' }) do
+  local cursor_key = key('sweep:' .. state)
+  local cursor = redis.call('GET', cursor_key) or '0'
+  local step = redis.call('ZSCAN', key(state), cursor, 'COUNT', 100)
+  -- A finished scan leaves no cursor behind, so an idle step writes nothing.
+  if step[1] == '0' then redis.call('DEL', cursor_key) else redis.call('SET', cursor_key, step[1]) end
+  for i = 1, #step[2], 2 do
+    local id = step[2][i]
+    local w = redis.call('HGET', task_key(id), 'worker') or ''
+    if redis.call('SISMEMBER', key('workers'), w) == 0 then
+      requeue(id, w)
+      back = back + 1
+    end
+  end
+end
+
+if back > 0 then place(now) end
+return { #dead, back }
