@@ -39,6 +39,15 @@ pub struct WorkerArgs {
     /// How often this worker looks for dead workers in its queue.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     recovery_period: Duration,
+    /// Longest wait between promotions of due scheduled tasks.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    promote_period: Duration,
+    /// Backoff before the second attempt of a failed task; doubles each time.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    retry_base: Duration,
+    /// Longest backoff.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    retry_max: Duration,
 }
 
 /// `ballast submit`.
@@ -68,11 +77,17 @@ pub struct SubmitArgs {
     /// Timeout of one attempt (e.g. 500ms, 30s, 5m).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     timeout: Duration,
+    /// Run no earlier than this long after submission (e.g. 5s, 10m).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "at")]
+    delay: Option<Duration>,
+    /// Run no earlier than this time (RFC 3339, e.g. 2026-11-21T12:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    at: Option<std::time::SystemTime>,
     /// Largest payload in bytes.
     #[arg(long, default_value_t = ballast::task::DEFAULT_MAX_PAYLOAD_BYTES)]
     max_payload_bytes: usize,
     /// JSON-lines file, one task per line: {"kind", "payload", "priority", "cost", "tags",
-    /// "max_attempts", "timeout_ms"}; only "kind" is required.
+    /// "max_attempts", "timeout_ms", "delay_ms"}; only "kind" is required.
     #[arg(long)]
     file: Option<PathBuf>,
     /// Print {"id", "placement", "worker"} per task instead of the bare id.
@@ -118,26 +133,15 @@ pub struct StatusArgs {
     json: bool,
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+/// Parses a duration such as `250ms`, `5s`, `2m` or `1h 30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s, 2m or 1h"))?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n.saturating_mul(1000),
-        "m" => n.saturating_mul(60_000),
-        "h" => n.saturating_mul(3_600_000),
-        _ => {
-            return Err(format!(
-                "{s:?} has unknown unit {unit:?} (use ms, s, m or h)"
-            ))
-        }
-    };
-    Ok(Duration::from_millis(ms))
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 5s, 2m)"))
+}
+
+/// Parses an RFC 3339 time such as `2026-11-21T12:00:00Z`.
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?}: {e} (expected RFC 3339, e.g. 2026-11-21T12:00:00Z)"))
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -162,6 +166,9 @@ pub async fn worker(url: &str, a: WorkerArgs) -> Result<(), CliError> {
         heartbeat_interval: a.heartbeat,
         dead_after: a.dead_after,
         recovery_period: a.recovery_period,
+        promote_period: a.promote_period,
+        retry_base: a.retry_base,
+        retry_max: a.retry_max,
     });
     if let Some(id) = a.id {
         w = w.id(id);
@@ -186,6 +193,7 @@ struct Line {
     tags: Vec<String>,
     max_attempts: Option<i64>,
     timeout_ms: Option<i64>,
+    delay_ms: Option<i64>,
 }
 
 impl Line {
@@ -196,6 +204,7 @@ impl Line {
         spec.tags = self.tags;
         spec.max_attempts = self.max_attempts.unwrap_or(spec.max_attempts);
         spec.timeout_ms = self.timeout_ms.unwrap_or(spec.timeout_ms);
+        spec.delay_ms = self.delay_ms.unwrap_or(spec.delay_ms);
         spec
     }
 }
@@ -215,7 +224,13 @@ pub async fn submit(url: &str, a: SubmitArgs) -> Result<(), CliError> {
                 .cost(a.cost)
                 .max_attempts(a.max_attempts)
                 .timeout(a.timeout);
-            let spec = a.tags.iter().fold(spec, |s, t| s.tag(t));
+            let mut spec = a.tags.iter().fold(spec, |s, t| s.tag(t));
+            if let Some(d) = a.delay {
+                spec = spec.delay(d);
+            }
+            if let Some(at) = a.at {
+                spec = spec.not_before(at);
+            }
             spec.validate(&limits).map_err(ballast::Error::from)?;
             vec![spec]
         }

@@ -2,6 +2,7 @@
 
 mod builtin;
 mod commands;
+mod dead;
 mod demo;
 mod output;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Tasks(commands::TasksArgs),
     /// Show counts by state per queue and the workers of each queue.
     Status(commands::StatusArgs),
+    /// Dead letters: tasks that failed for good (ls, show, retry, purge).
+    Dead(dead::DeadArgs),
     /// Run three workers of capacities 1, 2 and 4 on a mixed workload and show how load
     /// followed capacity. Starts a private redis-server unless --redis is given.
     Demo(demo::DemoArgs),
@@ -113,6 +116,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Task(a) => commands::task(&url_or_default(), a).await,
         Command::Tasks(a) => commands::tasks(&url_or_default(), a).await,
         Command::Status(a) => commands::status(&url_or_default(), a).await,
+        Command::Dead(a) => dead::run(&url_or_default(), a).await,
         Command::Demo(a) => demo::run(url, a).await,
     }
 }

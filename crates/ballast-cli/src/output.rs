@@ -1,12 +1,13 @@
 //! How the CLI prints: aligned tables for people, stable JSON for scripts.
 //!
 //! JSON shapes (stable; fields may be added, never renamed or removed):
-//! - a task record: `id, queue, kind, state, priority, cost, tags, worker, attempts,
-//!   max_attempts, timeout_ms, lease, submitted_at, assigned_at, started_at, finished_at,
-//!   payload, result, error` (times in ms on the Redis clock; absent ones are null);
-//! - `status`: `{"queues": [{"queue", "counts": {pending, parked, assigned, running,
-//!   succeeded, failed}, "workers": [{id, state, capacity, assigned, tags, heartbeat_at,
-//!   registered_at, finished}]}]}`.
+//! - a task record: `id, queue, kind, state, priority, cost, tags, worker, attempts, runs,
+//!   requeues, max_attempts, timeout_ms, lease, submitted_at, assigned_at, started_at,
+//!   finished_at, run_at, payload, result, error, history` (times in ms on the Redis clock;
+//!   absent ones are null);
+//! - `status`: `{"queues": [{"queue", "counts": {scheduled, pending, parked, assigned,
+//!   running, succeeded, failed}, "workers": [{id, state, capacity, assigned, tags,
+//!   heartbeat_at, registered_at, finished, epoch}]}]}`.
 
 use std::io::Write;
 
@@ -58,6 +59,7 @@ pub fn print_task(t: &TaskRecord) -> Result<(), CliError> {
         ("submitted_at", t.submitted_at.to_string()),
         ("started_at", opt(&t.started_at)),
         ("finished_at", opt(&t.finished_at)),
+        ("run_at", opt(&t.run_at)),
         ("payload", t.payload.to_string()),
         ("result", opt(&t.result)),
         ("error", opt(&t.error)),
@@ -66,7 +68,38 @@ pub fn print_task(t: &TaskRecord) -> Result<(), CliError> {
     for (k, v) in rows {
         writeln!(out, "{k:<13} {v}").map_err(io)?;
     }
+    for h in &t.history {
+        writeln!(
+            out,
+            "attempt {:<5} {} on {} at {}{}",
+            h["attempt"],
+            h["outcome"].as_str().unwrap_or("?"),
+            h["worker"].as_str().unwrap_or("?"),
+            h["finished_at"],
+            h["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        )
+        .map_err(io)?;
+    }
     Ok(())
+}
+
+pub fn print_dead_table(list: &[TaskRecord]) -> Result<(), CliError> {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.kind.clone(),
+                format!("{}/{}", t.attempts, t.max_attempts),
+                opt(&t.finished_at),
+                opt(&t.error),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "KIND", "ATTEMPTS", "FAILED_AT", "ERROR"], &rows)
 }
 
 /// Prints rows under a header with columns padded to their widest cell.
@@ -142,8 +175,8 @@ pub fn print_status(report: &[QueueStatus]) -> Result<(), CliError> {
         }
         let c = &q.counts;
         println!(
-            "queue {}: pending {} (parked {}), assigned {}, running {}, succeeded {}, failed {}",
-            q.queue, c.pending, c.parked, c.assigned, c.running, c.succeeded, c.failed
+            "queue {}: scheduled {}, pending {} (parked {}), assigned {}, running {}, succeeded {}, failed {}",
+            q.queue, c.scheduled, c.pending, c.parked, c.assigned, c.running, c.succeeded, c.failed
         );
         let rows: Vec<Vec<String>> = q
             .workers

@@ -39,6 +39,7 @@
 //! - [`worker`]: the worker runtime (register, run handlers within capacity, leave cleanly).
 //! - `heartbeat`: the worker's heartbeat loop.
 //! - `recovery`: the loop that hands dead workers' tasks to the living.
+//! - `promotion`: the loop that brings delayed and retrying tasks back when due.
 //! - [`handler`]: what a handler is ([`TaskContext`], [`TaskError`]).
 //! - [`error`]: the error enum.
 //! - `testing` (feature `testing`): a private `redis-server` for tests and demos.
@@ -47,6 +48,7 @@ pub mod client;
 pub mod error;
 pub mod handler;
 mod heartbeat;
+mod promotion;
 mod recovery;
 pub mod store;
 pub mod task;

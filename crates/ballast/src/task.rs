@@ -22,6 +22,8 @@ pub const CAPACITY_MAX: i64 = 1_000_000;
 pub const MAX_ATTEMPTS_MAX: i64 = 1000;
 /// Longest task timeout: seven days, in milliseconds.
 pub const TIMEOUT_MAX_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Longest delay before a task may run: one year, in milliseconds.
+pub const DELAY_MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 /// Most tags on a task or a worker.
 pub const TAGS_MAX: usize = 16;
 /// Longest queue, kind, tag or id name. Names are `[A-Za-z0-9_.-]{1,64}`.
@@ -122,6 +124,11 @@ pub struct TaskSpec {
     pub max_attempts: i64,
     /// How long one attempt may run, in milliseconds, 1..=7 days; default 5 minutes.
     pub timeout_ms: i64,
+    /// Milliseconds (Redis clock) after submission before the task may run, 0..=1 year;
+    /// default 0.
+    pub delay_ms: i64,
+    /// Not before this time, milliseconds since the epoch; 0 (the default) for none.
+    pub not_before_ms: i64,
 }
 
 impl TaskSpec {
@@ -137,6 +144,8 @@ impl TaskSpec {
             tags: Vec::new(),
             max_attempts: 3,
             timeout_ms: 300_000,
+            delay_ms: 0,
+            not_before_ms: 0,
         }
     }
 
@@ -183,6 +192,20 @@ impl TaskSpec {
         self
     }
 
+    /// Sets a delay before the task may run, counted on the Redis clock from submission.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// The task may not run before this time.
+    pub fn not_before(mut self, at: std::time::SystemTime) -> Self {
+        self.not_before_ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self
+    }
+
     /// Checks every field against its rule and returns the payload as JSON text and the
     /// tags sorted. Nothing is written to Redis before this passes.
     pub fn validate(&self, limits: &Limits) -> Result<Checked, Invalid> {
@@ -193,6 +216,8 @@ impl TaskSpec {
         check_range("cost", self.cost, 1, CAPACITY_MAX)?;
         check_range("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS_MAX)?;
         check_range("timeout_ms", self.timeout_ms, 1, TIMEOUT_MAX_MS)?;
+        check_range("delay_ms", self.delay_ms, 0, DELAY_MAX_MS)?;
+        check_range("not_before_ms", self.not_before_ms, 0, i64::MAX)?;
         let tags = check_tags("tags", &self.tags)?;
         let payload = serde_json::to_string(&self.payload)
             .map_err(|e| Invalid::new("payload", e.to_string()))?;
@@ -237,6 +262,8 @@ pub fn new_id() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
+    /// Waiting for its time: a delayed submit, or a retry after backoff.
+    Scheduled,
     /// Waiting for a worker with room (or, parked, for a worker that could ever run it).
     Pending,
     /// Placed on a worker, in its inbox, not started yet.
@@ -245,13 +272,14 @@ pub enum TaskState {
     Running,
     /// Finished with a result.
     Succeeded,
-    /// Finished with an error.
+    /// Given up on (a permanent error, or no attempts left): a dead letter.
     Failed,
 }
 
 impl TaskState {
     /// Every state, in life-cycle order.
-    pub const ALL: [TaskState; 5] = [
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Scheduled,
         TaskState::Pending,
         TaskState::Assigned,
         TaskState::Running,
@@ -262,6 +290,7 @@ impl TaskState {
     /// The lowercase name, as stored in Redis.
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskState::Scheduled => "scheduled",
             TaskState::Pending => "pending",
             TaskState::Assigned => "assigned",
             TaskState::Running => "running",
@@ -291,7 +320,7 @@ impl FromStr for TaskState {
             .ok_or_else(|| {
                 Invalid::new(
                     "state",
-                    format!("{s:?} is not one of pending, assigned, running, succeeded, failed"),
+                    format!("{s:?} is not one of scheduled, pending, assigned, running, succeeded, failed"),
                 )
             })
     }
@@ -336,12 +365,17 @@ pub struct TaskRecord {
     pub started_at: Option<i64>,
     /// When the task finished.
     pub finished_at: Option<i64>,
+    /// When a scheduled task may run (a delayed submit, or the next retry).
+    pub run_at: Option<i64>,
     /// The handler's input.
     pub payload: Value,
     /// The handler's result, once succeeded.
     pub result: Option<Value>,
-    /// The error, once failed.
+    /// The last attempt's error (a failed task's, or the one a retry follows).
     pub error: Option<String>,
+    /// One entry per attempt that ended: `attempt, worker, started_at, finished_at, outcome`
+    /// (`succeeded`, `retry`, `failed` or `lost`), and `error`. The last 50 are kept.
+    pub history: Vec<Value>,
 }
 
 impl TaskRecord {
@@ -376,6 +410,11 @@ impl TaskRecord {
             assigned_at: opt_int(&h, "assigned_at"),
             started_at: opt_int(&h, "started_at"),
             finished_at: opt_int(&h, "finished_at"),
+            run_at: opt_int(&h, "run_at"),
+            history: h
+                .remove("history")
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default(),
             tags: h
                 .get("tags")
                 .map(|t| {

@@ -19,6 +19,7 @@ use tokio::task::AbortHandle;
 use crate::error::{Error, Invalid, Result};
 use crate::handler::{Handlers, TaskContext, TaskError};
 use crate::heartbeat::Heartbeat;
+use crate::promotion::Promotion;
 use crate::recovery::Recovery;
 use crate::store::{ClaimedTask, Finish, Leave, Outcome, Store};
 use crate::task::{check_name, check_tags, CAPACITY_MAX};
@@ -39,6 +40,13 @@ pub struct WorkerConfig {
     pub dead_after: Duration,
     /// How often this worker runs the recovery step for its queue. Default 1 s.
     pub recovery_period: Duration,
+    /// Longest wait between promotion steps (scheduled tasks whose time has come go to
+    /// pending); the step also wakes when the next one is due. Default 250 ms.
+    pub promote_period: Duration,
+    /// Backoff before the second attempt; each later one doubles it. Default 1 s.
+    pub retry_base: Duration,
+    /// Longest backoff. Default 10 min.
+    pub retry_max: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -47,18 +55,44 @@ impl Default for WorkerConfig {
             heartbeat_interval: Duration::from_secs(1),
             dead_after: Duration::from_secs(5),
             recovery_period: Duration::from_secs(1),
+            promote_period: Duration::from_millis(250),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(600),
         }
     }
 }
 
 impl WorkerConfig {
+    /// The backoff before attempt `attempt + 1`: `retry_base * 2^(attempt - 1)`, at most
+    /// `retry_max`, plus up to 25% jitter so that tasks failing together do not retry
+    /// together. The jitter is below a doubling, so gaps grow from one attempt to the next.
+    pub fn backoff(&self, attempt: i64) -> Duration {
+        let exp = u32::try_from(attempt.clamp(1, 31) - 1).unwrap_or(0);
+        let base = self.retry_base.saturating_mul(1 << exp).min(self.retry_max);
+        base.mul_f64(1.0 + fastrand::f64() * 0.25)
+    }
+
     /// Checks that the timings make sense together.
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.heartbeat_interval.is_zero() {
             return Err(Invalid::new("heartbeat_interval", "must be above 0"));
         }
-        if self.recovery_period.is_zero() {
-            return Err(Invalid::new("recovery_period", "must be above 0"));
+        for (field, d) in [
+            ("recovery_period", self.recovery_period),
+            ("promote_period", self.promote_period),
+        ] {
+            if d.is_zero() {
+                return Err(Invalid::new(field, "must be above 0"));
+            }
+        }
+        if self.retry_max < self.retry_base {
+            return Err(Invalid::new(
+                "retry_max",
+                format!(
+                    "{:?} is below retry_base ({:?})",
+                    self.retry_max, self.retry_base
+                ),
+            ));
         }
         if self.dead_after < self.heartbeat_interval * 2 {
             return Err(Invalid::new(
@@ -195,6 +229,7 @@ impl Worker {
             capacity: self.capacity,
             tags,
             dead_after: self.config.dead_after,
+            config: self.config,
             epoch: Arc::new(AtomicU64::new(epoch)),
             handlers: self.handlers,
             in_flight,
@@ -208,6 +243,14 @@ impl Worker {
                 interval: self.config.heartbeat_interval,
                 epoch: Arc::clone(&runner.epoch),
                 lost: Arc::clone(&lost),
+            }
+            .run(stop_rx.clone()),
+        );
+        let promotion = tokio::spawn(
+            Promotion {
+                store: runner.store.clone(),
+                queue: runner.queue.clone(),
+                period: self.config.promote_period,
             }
             .run(stop_rx.clone()),
         );
@@ -254,6 +297,7 @@ impl Worker {
             .await;
         let _ = heartbeat.await;
         let _ = recovery.await;
+        let _ = promotion.await;
         tracing::info!(worker = %runner.worker, "worker left");
         fatal.map_or(Ok(()), Err)
     }
@@ -273,6 +317,7 @@ struct Runner {
     capacity: i64,
     tags: Vec<String>,
     dead_after: Duration,
+    config: WorkerConfig,
     /// The epoch of the current registration; every claim and heartbeat presents it.
     epoch: Arc<AtomicU64>,
     handlers: Handlers,
@@ -468,14 +513,23 @@ impl Runner {
         let limit = Duration::from_millis(u64::try_from(task.timeout_ms).unwrap_or(1));
         let ended = tokio::time::timeout(limit, &mut join).await;
         self.lock_running().remove(&task.id);
+        let retry = |error: String| Outcome::Retry {
+            error,
+            delay: self.config.backoff(task.attempt),
+        };
         match ended {
             Ok(Ok(Ok(value))) => Outcome::Succeeded(value.to_string()),
-            Ok(Ok(Err(e))) => Outcome::Failed(e.to_string()),
-            Ok(Err(e)) if e.is_panic() => Outcome::Failed("handler panicked".to_string()),
-            Ok(Err(_)) => Outcome::Failed("handler was cancelled".to_string()),
+            Ok(Ok(Err(TaskError::Retry(e)))) => retry(e),
+            Ok(Ok(Err(TaskError::RetryAfter { message, delay }))) => Outcome::Retry {
+                error: message,
+                delay,
+            },
+            Ok(Ok(Err(TaskError::Permanent(e)))) => Outcome::Failed(e),
+            Ok(Err(e)) if e.is_panic() => retry("handler panicked".to_string()),
+            Ok(Err(_)) => retry("handler was cancelled".to_string()),
             Err(_) => {
                 join.abort();
-                Outcome::Failed(format!("timed out after {} ms", task.timeout_ms))
+                retry(format!("timed out after {} ms", task.timeout_ms))
             }
         }
     }

@@ -375,6 +375,8 @@ async fn inspection_commands_print_stable_json() {
             "fail",
             "--payload",
             r#"{"message":"boom"}"#,
+            "--max-attempts",
+            "1",
         ],
     ));
     let id = id.trim();

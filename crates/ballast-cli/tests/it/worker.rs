@@ -17,6 +17,9 @@ const FAST: WorkerConfig = WorkerConfig {
     heartbeat_interval: Duration::from_millis(50),
     dead_after: Duration::from_millis(500),
     recovery_period: Duration::from_millis(50),
+    promote_period: Duration::from_millis(20),
+    retry_base: Duration::from_millis(100),
+    retry_max: Duration::from_secs(5),
 };
 
 #[derive(Deserialize)]
@@ -81,8 +84,10 @@ async fn handlers_get_typed_payloads_and_outcomes_are_recorded() {
         TaskSpec::new("q", "refuse"),
         TaskSpec::new("q", "missing"),
         TaskSpec::new("q", "add").payload(json!({"a": "two"})),
-        TaskSpec::new("q", "panic"),
-        TaskSpec::new("q", "hang").timeout(Duration::from_millis(100)),
+        TaskSpec::new("q", "panic").max_attempts(1),
+        TaskSpec::new("q", "hang")
+            .timeout(Duration::from_millis(100))
+            .max_attempts(1),
     ];
     env.client.submit_many(&specs).await.expect("submit");
     let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
@@ -282,7 +287,7 @@ async fn bad_worker_settings_are_refused_before_registering() {
             Worker::new(env.store.clone(), "q", 1).config(WorkerConfig {
                 heartbeat_interval: Duration::from_secs(1),
                 dead_after: Duration::from_secs(1),
-                recovery_period: Duration::from_secs(1),
+                ..WorkerConfig::default()
             }),
             "invalid dead_after",
         ),
@@ -292,4 +297,193 @@ async fn bad_worker_settings_are_refused_before_registering() {
         assert!(e.to_string().starts_with(want), "{e}");
     }
     assert!(env.keys().await.is_empty());
+}
+
+#[derive(Deserialize)]
+struct Flaky {
+    fail_until: i64,
+}
+
+fn retrying(store: &Store) -> Worker {
+    worker(store, "w", 2)
+        .handle("flaky", |ctx: TaskContext, p: Flaky| async move {
+            if ctx.attempt < p.fail_until {
+                return Err(TaskError::retry(format!("attempt {} failed", ctx.attempt)));
+            }
+            Ok::<_, TaskError>(ctx.attempt)
+        })
+        .handle("later", |ctx: TaskContext, _: Value| async move {
+            if ctx.attempt == 1 {
+                return Err(TaskError::RetryAfter {
+                    message: "busy".into(),
+                    delay: Duration::from_millis(400),
+                });
+            }
+            Ok::<_, TaskError>(ctx.attempt)
+        })
+}
+
+fn gaps(t: &ballast::TaskRecord) -> Vec<i64> {
+    t.history
+        .windows(2)
+        .map(|w| {
+            w[1]["started_at"].as_i64().expect("start") - w[0]["finished_at"].as_i64().expect("end")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_retried_with_growing_backoff_then_dead_lettered() {
+    let env = Env::start().await;
+    let (stop, run) = spawn(retrying(&env.store));
+    let twice = TaskSpec::new("q", "flaky").payload(json!({"fail_until": 3}));
+    let always = TaskSpec::new("q", "flaky").payload(json!({"fail_until": 99}));
+    let later = TaskSpec::new("q", "later");
+    env.client
+        .submit_many(&[twice.clone(), always.clone(), later.clone()])
+        .await
+        .expect("submit");
+    let ids = [twice.id.clone(), always.id.clone(), later.id.clone()];
+    let r = env
+        .client
+        .wait_all("q", &ids, Duration::from_secs(30))
+        .await
+        .expect("done");
+
+    // Fails twice, then succeeds on the third attempt; the backoff before attempt k+1 is
+    // at least retry_base * 2^(k-1) (Redis does not promote a retry before its time).
+    assert_eq!(
+        (r[0].state, r[0].attempts, r[0].result.clone()),
+        (TaskState::Succeeded, 3, Some(json!(3)))
+    );
+    let outcomes: Vec<&str> = r[0]
+        .history
+        .iter()
+        .map(|h| h["outcome"].as_str().expect("o"))
+        .collect();
+    assert_eq!(outcomes, ["retry", "retry", "succeeded"]);
+    let g = gaps(&r[0]);
+    assert!(g[0] >= 100 && g[1] >= 200, "gaps {g:?}");
+
+    // Always fails: dead-lettered after max_attempts with its last error and history.
+    assert_eq!((r[1].state, r[1].attempts), (TaskState::Failed, 3));
+    assert_eq!(r[1].error.as_deref(), Some("attempt 3 failed"));
+    assert_eq!(r[1].history.len(), 3);
+    assert_eq!(
+        env.store.dead_ids("q", 10).await.expect("dead"),
+        vec![always.id.clone()]
+    );
+
+    // The handler asked for 400 ms.
+    assert_eq!((r[2].state, r[2].attempts), (TaskState::Succeeded, 2));
+    assert!(gaps(&r[2])[0] >= 400, "{:?}", gaps(&r[2]));
+
+    // A dead letter sent back runs again with fresh attempts.
+    assert_eq!(
+        env.store
+            .retry_dead("q", std::slice::from_ref(&always.id))
+            .await
+            .expect("retry"),
+        1
+    );
+    let again = env
+        .client
+        .wait("q", &always.id, Duration::from_secs(30))
+        .await
+        .expect("again");
+    assert_eq!(
+        (again.state, again.attempts, again.history.len()),
+        (TaskState::Failed, 3, 6)
+    );
+    stop.send(()).expect("stop");
+    run.await.expect("join").expect("run");
+    env.assert_sound("q").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_is_a_failed_attempt_and_a_permanent_error_is_not_retried() {
+    let env = Env::start().await;
+    let (stop, run) = spawn(worker(&env.store, "w", 2));
+    let hang = TaskSpec::new("q", "hang")
+        .timeout(Duration::from_millis(100))
+        .max_attempts(2);
+    let refuse = TaskSpec::new("q", "refuse").max_attempts(5);
+    env.client
+        .submit_many(&[hang.clone(), refuse.clone()])
+        .await
+        .expect("submit");
+    let r = env
+        .client
+        .wait_all(
+            "q",
+            &[hang.id.clone(), refuse.id.clone()],
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("done");
+    assert_eq!((r[0].state, r[0].attempts), (TaskState::Failed, 2));
+    for h in &r[0].history {
+        assert_eq!(h["error"], "timed out after 100 ms");
+        let ran = h["finished_at"].as_i64().expect("f") - h["started_at"].as_i64().expect("s");
+        assert!((100..5_000).contains(&ran), "ran {ran} ms");
+    }
+    assert_eq!(
+        (r[1].state, r[1].attempts, r[1].error.as_deref()),
+        (TaskState::Failed, 1, Some("no on attempt 1"))
+    );
+    stop.send(()).expect("stop");
+    run.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_task_starts_no_earlier_than_its_time() {
+    let env = Env::start().await;
+    let (stop, run) = spawn(worker(&env.store, "w", 1));
+    let spec = TaskSpec::new("q", "add")
+        .payload(json!({"a": 1, "b": 1}))
+        .delay(Duration::from_millis(300));
+    assert_eq!(
+        env.client.submit(&spec).await.expect("submit"),
+        ballast::Placement::Scheduled
+    );
+    let t = env
+        .store
+        .task("q", &spec.id)
+        .await
+        .expect("read")
+        .expect("task");
+    assert_eq!(
+        (t.state, t.run_at),
+        (TaskState::Scheduled, Some(t.submitted_at + 300))
+    );
+    let t = env
+        .client
+        .wait("q", &spec.id, Duration::from_secs(10))
+        .await
+        .expect("done");
+    assert_eq!(t.state, TaskState::Succeeded);
+    assert!(t.started_at.expect("started") - t.submitted_at >= 300);
+    stop.send(()).expect("stop");
+    run.await.expect("join").expect("run");
+}
+
+#[test]
+fn backoff_doubles_with_bounded_jitter_and_stops_at_the_maximum() {
+    let c = WorkerConfig {
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_secs(2),
+        ..WorkerConfig::default()
+    };
+    for _ in 0..200 {
+        let d: Vec<Duration> = (1..=8).map(|a| c.backoff(a)).collect();
+        for (k, b) in d.iter().enumerate() {
+            let floor = (Duration::from_millis(100) * (1 << k)).min(Duration::from_secs(2));
+            assert!(
+                *b >= floor && *b <= floor.mul_f64(1.25),
+                "attempt {}: {b:?}",
+                k + 1
+            );
+        }
+        assert!(d.windows(2).take(4).all(|w| w[1] > w[0]), "{d:?}");
+    }
 }

@@ -38,6 +38,10 @@ static LEAVE_WORKER: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/leave_worker.lua")));
 static RECOVER_WORKERS: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/recover_workers.lua")));
+static PROMOTE_TASKS: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/promote_tasks.lua")));
+static RETRY_DEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/retry_dead.lua")));
+static PURGE_DEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/purge_dead.lua")));
 
 /// The set of queue names (a directory for `status`; outside any queue's slot).
 const QUEUES_KEY: &str = "ballast:queues";
@@ -57,6 +61,8 @@ pub enum Placement {
     Pending,
     /// No live worker could ever run it (capacity or tags); waits for one to join.
     Parked,
+    /// Delayed: waits for its time.
+    Scheduled,
 }
 
 /// A task handed to a worker by [`Store::claim_tasks`] or [`Store::finish_task`].
@@ -106,12 +112,20 @@ impl ClaimedTask {
     }
 }
 
-/// How a task ended, as the worker reports it.
+/// How an attempt ended, as the worker reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Success with a JSON result.
     Succeeded(String),
-    /// Failure with an error message.
+    /// A failed attempt worth another, not before `delay`; with no attempts left the task
+    /// goes to the dead letters.
+    Retry {
+        /// What went wrong.
+        error: String,
+        /// The least time before the next attempt.
+        delay: Duration,
+    },
+    /// Give up now: the task goes to the dead letters.
     Failed(String),
 }
 
@@ -136,6 +150,8 @@ pub enum Leave {
 /// Task counts of a queue by state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct QueueCounts {
+    /// Waiting for their time (delayed, or retrying after backoff).
+    pub scheduled: u64,
     /// Waiting for a worker (parked ones included).
     pub pending: u64,
     /// Of the pending, those no live worker could run (capacity or tags).
@@ -290,7 +306,9 @@ impl Store {
                 .arg(spec.cost)
                 .arg(checked.tags.join(","))
                 .arg(spec.max_attempts)
-                .arg(spec.timeout_ms);
+                .arg(spec.timeout_ms)
+                .arg(spec.delay_ms)
+                .arg(spec.not_before_ms);
         }
         let replies: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
         replies
@@ -298,6 +316,7 @@ impl Store {
             .map(|r| match r.first().map(String::as_str) {
                 Some("assigned") => Ok(Placement::Assigned(r.get(1).cloned().unwrap_or_default())),
                 Some("parked") => Ok(Placement::Parked),
+                Some("scheduled") => Ok(Placement::Scheduled),
                 Some("pending" | "exists") => Ok(Placement::Pending),
                 _ => Err(Error::Corrupt(format!("submit_task replied {r:?}"))),
             })
@@ -403,12 +422,13 @@ impl Store {
         pipe.zcard(format!("{p}parked"));
         let c: Vec<u64> = pipe.query_async(&mut conn).await?;
         Ok(QueueCounts {
-            pending: c[0] + c[5],
-            assigned: c[1],
-            running: c[2],
-            succeeded: c[3],
-            failed: c[4],
-            parked: c[5],
+            scheduled: c[0],
+            pending: c[1] + c[6],
+            assigned: c[2],
+            running: c[3],
+            succeeded: c[4],
+            failed: c[5],
+            parked: c[6],
         })
     }
 
@@ -541,9 +561,10 @@ impl Store {
         claim_max: usize,
     ) -> Result<Finish> {
         let p = prefix(queue);
-        let (state, body) = match outcome {
-            Outcome::Succeeded(r) => ("succeeded", r),
-            Outcome::Failed(e) => ("failed", e),
+        let (state, body, delay) = match outcome {
+            Outcome::Succeeded(r) => ("succeeded", r, Duration::ZERO),
+            Outcome::Retry { error, delay } => ("retry", error, *delay),
+            Outcome::Failed(e) => ("failed", e, Duration::ZERO),
         };
         let mut conn = self.conn.clone();
         let (status, rows): (String, Vec<Vec<String>>) = FINISH_TASK
@@ -555,6 +576,7 @@ impl Store {
             .arg(state)
             .arg(body)
             .arg(claim_max)
+            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
             .invoke_async(&mut conn)
             .await?;
         match status.as_str() {
@@ -595,6 +617,57 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         Ok((dead, back))
+    }
+
+    /// Moves scheduled tasks whose time has come to pending and places them (idempotent;
+    /// every worker runs it). Returns how many it moved and how long until the next
+    /// scheduled task, if any.
+    pub async fn promote_tasks(&self, queue: &str) -> Result<(u64, Option<Duration>)> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let (moved, next_ms): (u64, i64) = PROMOTE_TASKS
+            .key(format!("{p}scheduled"))
+            .arg(&p)
+            .arg(1000)
+            .invoke_async(&mut conn)
+            .await?;
+        let next = u64::try_from(next_ms).ok().map(Duration::from_millis);
+        Ok((moved, next))
+    }
+
+    /// Dead-letter ids of a queue (failed tasks), oldest failure first, at most `limit`.
+    pub async fn dead_ids(&self, queue: &str, limit: usize) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let end = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        Ok(conn
+            .zrange(format!("{}failed", prefix(queue)), 0, end)
+            .await?)
+    }
+
+    /// Sends dead letters back to pending with fresh attempts; returns how many.
+    pub async fn retry_dead(&self, queue: &str, ids: &[String]) -> Result<u64> {
+        self.dead_letters(&RETRY_DEAD, queue, ids).await
+    }
+
+    /// Deletes dead letters for good; returns how many.
+    pub async fn purge_dead(&self, queue: &str, ids: &[String]) -> Result<u64> {
+        self.dead_letters(&PURGE_DEAD, queue, ids).await
+    }
+
+    async fn dead_letters(&self, script: &Script, queue: &str, ids: &[String]) -> Result<u64> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let mut n = 0;
+        for chunk in ids.chunks(1000) {
+            let done: u64 = script
+                .key(format!("{p}failed"))
+                .arg(&p)
+                .arg(chunk)
+                .invoke_async(&mut conn)
+                .await?;
+            n += done;
+        }
+        Ok(n)
     }
 
     /// The last recoveries of the queue, newest first: `{worker, reason, heartbeat_at,

@@ -13,18 +13,19 @@ local wk = KEYS[1]
 local w, phase = ARGV[2], ARGV[3]
 if redis.call('EXISTS', wk) == 0 then return 0 end
 
+local now = now_ms()
 local back = 0
 if phase == 'remove' then
-  back = release_worker(w)
+  back = release_worker(w, now)
 else
   redis.call('HSET', wk, 'state', 'draining')
   index_worker(w)
   for _, id in ipairs(redis.call('SMEMBERS', held_key(w))) do
     if redis.call('HGET', task_key(id), 'state') == 'assigned' then
-      requeue(id, w)
+      requeue(id, w, now)
       back = back + 1
     end
   end
 end
-place(now_ms())
+place(now)
 return back

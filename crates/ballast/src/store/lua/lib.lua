@@ -223,35 +223,68 @@ local function unpark_all()
   end
 end
 
+-- Most attempt entries kept in a task's history.
+local HISTORY_MAX = 50
+
+-- Append one attempt's entry to the task's history (a JSON array in the record).
+local function append_history(tk, entry)
+  local raw = redis.call('HGET', tk, 'history')
+  local list = {}
+  if raw then list = cjson.decode(raw) end
+  list[#list + 1] = entry
+  while #list > HISTORY_MAX do table.remove(list, 1) end
+  redis.call('HSET', tk, 'history', cjson.encode(list))
+end
+
+-- Move a task, already out of its previous index, to a final state (succeeded or failed:
+-- failed tasks are the dead letters) and tell waiters.
+local function settle(id, state, field, body, now)
+  redis.call('HSET', task_key(id), 'state', state, 'finished_at', now, field, body)
+  redis.call('ZADD', key(state), now, id)
+  redis.call('PUBLISH', key('events'), id)
+end
+
 -- Put a held task back in pending at its original order and take its cost off worker w
 -- (when w still exists). A run cut short by a crash, a drain or a takeover is not the task's
--- fault, so it gives its attempt back; `runs` still counts it. The caller re-indexes w and
--- calls place().
-local function requeue(id, w)
+-- fault, so it gives its attempt back; `runs` still counts it. But a task whose runs were cut
+-- short more than max_attempts times is likely what kills its workers: from then on the run
+-- counts, and once its attempts are spent it goes to the dead letters instead of looping.
+-- The caller re-indexes w and calls place().
+local function requeue(id, w, now)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'cost', 'order', 'state')
+  local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'max_attempts')
   redis.call('ZREM', key(h[3]), id)
   if h[3] == 'assigned' then redis.call('LREM', inbox_key(w), 0, id) end
-  if h[3] == 'running' then redis.call('HINCRBY', tk, 'attempts', -1) end
-  redis.call('ZADD', key('pending'), h[2], id)
-  redis.call('HSET', tk, 'state', 'pending', 'worker', '')
-  redis.call('HDEL', tk, 'assigned_at', 'started_at')
-  redis.call('HINCRBY', tk, 'requeues', 1)
   if redis.call('EXISTS', worker_key(w)) == 1 then
     redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[1]))
   end
   redis.call('SREM', held_key(w), id)
+  redis.call('HINCRBY', tk, 'requeues', 1)
+  if h[3] == 'running' then
+    local cut = redis.call('HINCRBY', tk, 'cut_short', 1)
+    append_history(tk, { attempt = tonumber(h[4]), worker = w, finished_at = now,
+      outcome = 'lost', error = 'the run was cut short (worker lost, drained or replaced)' })
+    if cut <= tonumber(h[5]) then
+      redis.call('HINCRBY', tk, 'attempts', -1)
+    elseif tonumber(h[4]) >= tonumber(h[5]) then
+      settle(id, 'failed', 'error', 'gave up: ' .. cut .. ' runs were cut short', now)
+      return
+    end
+  end
+  redis.call('ZADD', key('pending'), h[2], id)
+  redis.call('HSET', tk, 'state', 'pending', 'worker', '')
+  redis.call('HDEL', tk, 'assigned_at', 'started_at')
 end
 
 -- Remove worker w entirely: out of every index, its tasks handed back, its keys deleted.
 -- Returns the number of tasks handed back. The caller calls place().
-local function release_worker(w)
+local function release_worker(w, now)
   if redis.call('EXISTS', worker_key(w)) == 1 then
     redis.call('HSET', worker_key(w), 'state', 'gone')
     index_worker(w)
   end
   local held = redis.call('SMEMBERS', held_key(w))
-  for _, id in ipairs(held) do requeue(id, w) end
+  for _, id in ipairs(held) do requeue(id, w, now) end
   redis.call('DEL', worker_key(w), inbox_key(w), held_key(w))
   redis.call('SREM', key('workers'), w)
   redis.call('ZREM', key('heartbeats'), w)

@@ -21,7 +21,7 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. fmt(limit), 'LI
 local back = 0
 for _, w in ipairs(dead) do
   local beat = tonumber(redis.call('ZSCORE', KEYS[1], w))
-  local n = release_worker(w)
+  local n = release_worker(w, now)
   back = back + n
   redis.call('LPUSH', key('recoveries'), cjson.encode({
     worker = w, reason = 'no heartbeat for ' .. (now - beat) .. ' ms',
@@ -39,7 +39,7 @@ for _, state in ipairs({ 'assigned', 'running' }) do
     local id = step[2][i]
     local w = redis.call('HGET', task_key(id), 'worker') or ''
     if redis.call('SISMEMBER', key('workers'), w) == 0 then
-      requeue(id, w)
+      requeue(id, w, now)
       back = back + 1
     end
   end

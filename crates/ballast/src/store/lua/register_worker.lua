@@ -19,7 +19,7 @@ if redis.call('EXISTS', wk) == 1 then
   local beat = tonumber(redis.call('HGET', wk, 'heartbeat_at')) or 0
   if now - beat < dead_after then return { 'taken' } end
   -- A previous process with this id died: hand its tasks back before taking the id over.
-  release_worker(w)
+  release_worker(w, now)
 end
 
 -- The epoch fences this incarnation: a process that was declared dead and comes back

@@ -11,14 +11,19 @@
 -- ARGV[8]  string  required tags, sorted and comma-joined ("" for none)
 -- ARGV[9]  int     max attempts
 -- ARGV[10] int     timeout in milliseconds
+-- ARGV[11] int     delay in milliseconds from now (Redis clock), 0 for none
+-- ARGV[12] int     not before this time (ms since the epoch), 0 for none
 --
--- Returns {"assigned", worker} | {"pending"} | {"parked"} | {"exists"} when the id is taken
--- (so a retried batch does not submit twice).
+-- A task with a time still ahead waits in P .. 'scheduled' until promote_tasks.lua brings
+-- it to pending.
+-- Returns {"assigned", worker} | {"pending"} | {"parked"} | {"scheduled"}, or {"exists"}
+-- when the id is taken (so a retried batch does not submit twice).
 
 local tk = KEYS[1]
 local id, queue, kind, payload = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local priority, cost, tags = tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local max_attempts, timeout_ms = ARGV[9], ARGV[10]
+local delay, not_before = tonumber(ARGV[11] or '0'), tonumber(ARGV[12] or '0')
 
 if redis.call('EXISTS', tk) == 1 then return { 'exists' } end
 
@@ -28,6 +33,12 @@ redis.call('HSET', tk, 'id', id, 'queue', queue, 'kind', kind, 'payload', payloa
   'priority', priority, 'cost', cost, 'tags', tags, 'max_attempts', max_attempts,
   'timeout_ms', timeout_ms, 'state', 'pending', 'order', order, 'attempts', 0, 'lease', 0,
   'submitted_at', now)
+local due = math.max(now + delay, not_before)
+if due > now then
+  redis.call('HSET', tk, 'state', 'scheduled', 'run_at', due)
+  redis.call('ZADD', key('scheduled'), due, id)
+  return { 'scheduled' }
+end
 redis.call('ZADD', key('pending'), order, id)
 place(now)
 

@@ -1,0 +1,23 @@
+-- retry_dead.lua: dead letters (failed tasks) go back to pending with fresh attempts; their
+-- history is kept.
+--
+-- KEYS[1] zset    P .. 'failed'
+-- ARGV[1] string  queue prefix P = "ballast:{queue}:"
+-- ARGV[2..] string task ids
+--
+-- Returns the number of tasks revived (ids not among the dead letters are skipped).
+
+local now = now_ms()
+local n = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    local tk = task_key(id)
+    redis.call('HSET', tk, 'state', 'pending', 'attempts', 0, 'cut_short', 0, 'worker', '')
+    redis.call('HDEL', tk, 'finished_at', 'error', 'result', 'assigned_at', 'started_at')
+    redis.call('ZADD', key('pending'), redis.call('HGET', tk, 'order'), id)
+    n = n + 1
+  end
+end
+if n > 0 then place(now) end
+return n
