@@ -105,6 +105,13 @@ pub struct TaskArgs {
     json: bool,
 }
 
+/// `ballast cancel`.
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    /// Task id.
+    id: String,
+}
+
 /// `ballast tasks`.
 #[derive(Args, Debug)]
 pub struct TasksArgs {
@@ -324,4 +331,19 @@ pub async fn status(url: &str, a: StatusArgs) -> Result<(), CliError> {
     } else {
         output::print_status(&report)
     }
+}
+
+pub async fn cancel(url: &str, a: CancelArgs) -> Result<(), CliError> {
+    let client = Client::connect(url).await?;
+    let t = client.task(&a.id).await?;
+    match client.store().cancel_task(&t.queue, &a.id).await? {
+        ballast::store::Cancel::Cancelled => println!("{}: cancelled", a.id),
+        ballast::store::Cancel::Requested(w) => {
+            println!("{}: running on {w}, which is told to stop it", a.id)
+        }
+        ballast::store::Cancel::AlreadyFinal(s) => {
+            return Err(CliError::Usage(format!("task {} already ended: {s}", a.id)))
+        }
+    }
+    Ok(())
 }

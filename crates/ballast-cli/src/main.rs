@@ -38,6 +38,8 @@ pub enum Command {
     Tasks(commands::TasksArgs),
     /// Show counts by state per queue and the workers of each queue.
     Status(commands::StatusArgs),
+    /// Cancel a task: at once if it has not started, else its worker is told to stop it.
+    Cancel(commands::CancelArgs),
     /// Dead letters: tasks that failed for good (ls, show, retry, purge).
     Dead(dead::DeadArgs),
     /// Run three workers of capacities 1, 2 and 4 on a mixed workload and show how load
@@ -116,6 +118,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Task(a) => commands::task(&url_or_default(), a).await,
         Command::Tasks(a) => commands::tasks(&url_or_default(), a).await,
         Command::Status(a) => commands::status(&url_or_default(), a).await,
+        Command::Cancel(a) => commands::cancel(&url_or_default(), a).await,
         Command::Dead(a) => dead::run(&url_or_default(), a).await,
         Command::Demo(a) => demo::run(url, a).await,
     }

@@ -1,7 +1,8 @@
 //! The heartbeat loop: tells Redis, on its own clock, that this worker is alive.
 //!
 //! Each beat is one idempotent script call (`heartbeat_worker.lua`) that also runs placement,
-//! so anything a capped placement left behind is placed within one interval. A beat refused
+//! so anything a capped placement left behind is placed within one interval. After each beat
+//! the worker takes the cancel requests for its running tasks. A beat refused
 //! because this process was declared dead (its epoch is no longer the worker's) is reported
 //! on `lost`: the worker then drops its tasks and registers again.
 
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::store::Store;
 use crate::worker::stopped;
@@ -21,6 +22,8 @@ pub(crate) struct Heartbeat {
     pub(crate) interval: Duration,
     pub(crate) epoch: Arc<AtomicU64>,
     pub(crate) lost: Arc<Notify>,
+    /// Running tasks the queue asked this worker to cancel.
+    pub(crate) cancels: mpsc::UnboundedSender<String>,
 }
 
 impl Heartbeat {
@@ -43,7 +46,16 @@ impl Heartbeat {
             .heartbeat_worker(&self.queue, &self.worker, epoch)
             .await
         {
-            Ok(true) => {}
+            Ok(true) => match self.store.take_cancels(&self.queue, &self.worker).await {
+                Ok(ids) => {
+                    for id in ids {
+                        let _ = self.cancels.send(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %self.worker, error = %e, "reading cancel requests failed")
+                }
+            },
             Ok(false) => {
                 tracing::warn!(worker = %self.worker, epoch, "declared dead by the queue");
                 self.lost.notify_one();

@@ -274,17 +274,20 @@ pub enum TaskState {
     Succeeded,
     /// Given up on (a permanent error, or no attempts left): a dead letter.
     Failed,
+    /// Cancelled on request.
+    Cancelled,
 }
 
 impl TaskState {
     /// Every state, in life-cycle order.
-    pub const ALL: [TaskState; 6] = [
+    pub const ALL: [TaskState; 7] = [
         TaskState::Scheduled,
         TaskState::Pending,
         TaskState::Assigned,
         TaskState::Running,
         TaskState::Succeeded,
         TaskState::Failed,
+        TaskState::Cancelled,
     ];
 
     /// The lowercase name, as stored in Redis.
@@ -296,12 +299,16 @@ impl TaskState {
             TaskState::Running => "running",
             TaskState::Succeeded => "succeeded",
             TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
         }
     }
 
     /// Whether the task is done for good.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
     }
 }
 
@@ -320,7 +327,7 @@ impl FromStr for TaskState {
             .ok_or_else(|| {
                 Invalid::new(
                     "state",
-                    format!("{s:?} is not one of scheduled, pending, assigned, running, succeeded, failed"),
+                    format!("{s:?} is not one of scheduled, pending, assigned, running, succeeded, failed, cancelled"),
                 )
             })
     }

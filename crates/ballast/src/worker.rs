@@ -5,7 +5,7 @@
 //! worker registered with, so the worker runs whatever reaches its inbox. A local semaphore
 //! of `capacity` units backs that up (a task waits for its units before it starts).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::AbortHandle;
 
 use crate::error::{Error, Invalid, Result};
@@ -220,6 +220,7 @@ impl Worker {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (in_flight, _) = watch::channel(0usize);
         let lost = Arc::new(Notify::new());
+        let (cancel_tx, cancel_rx) = mpsc::unbounded_channel();
         let runner = Arc::new(Runner {
             slots: Arc::new(Semaphore::new(usize::try_from(self.capacity).unwrap_or(1))),
             claim_max: usize::try_from(self.capacity).unwrap_or(1),
@@ -234,6 +235,7 @@ impl Worker {
             handlers: self.handlers,
             in_flight,
             running: Mutex::new(HashMap::new()),
+            cancelled: Mutex::new(HashSet::new()),
         });
         let heartbeat = tokio::spawn(
             Heartbeat {
@@ -243,6 +245,7 @@ impl Worker {
                 interval: self.config.heartbeat_interval,
                 epoch: Arc::clone(&runner.epoch),
                 lost: Arc::clone(&lost),
+                cancels: cancel_tx,
             }
             .run(stop_rx.clone()),
         );
@@ -264,7 +267,7 @@ impl Worker {
             .run(stop_rx.clone()),
         );
         let fetch = tokio::spawn(Arc::clone(&runner).fetch(stop_rx.clone()));
-        let mut rejoin = tokio::spawn(Arc::clone(&runner).rejoin(lost, stop_rx));
+        let mut rejoin = tokio::spawn(Arc::clone(&runner).control(lost, cancel_rx, stop_rx));
 
         let fatal = tokio::select! {
             _ = shutdown => None,
@@ -327,6 +330,8 @@ struct Runner {
     in_flight: watch::Sender<usize>,
     /// Handlers running now, by task id, so they can be stopped when the tasks are lost.
     running: Mutex<HashMap<String, AbortHandle>>,
+    /// Tasks stopped on a cancel request, reported as cancelled rather than failed.
+    cancelled: Mutex<HashSet<String>>,
 }
 
 impl Runner {
@@ -414,46 +419,59 @@ impl Runner {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// When the queue says this process was declared dead (paused or cut off past
-    /// dead-after), its tasks already went to other workers and its results would be
-    /// refused: stop the handlers and register again under a new epoch. Ends with an error
-    /// when another live process now holds the id.
-    async fn rejoin(
+    /// Acts on what the heartbeat learns: cancel requests stop their handlers; being
+    /// declared dead (paused or cut off past dead-after) means the tasks already went to
+    /// other workers and their results would be refused, so every handler is stopped and
+    /// the worker registers again under a new epoch. Ends with an error when another live
+    /// process now holds the id.
+    async fn control(
         self: Arc<Self>,
         lost: Arc<Notify>,
+        mut cancels: mpsc::UnboundedReceiver<String>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<()> {
         loop {
             tokio::select! {
-                _ = lost.notified() => {}
-                _ = stopped(&mut stop) => return Ok(()),
-            }
-            for (_, handle) in self.lock_running().drain() {
-                handle.abort();
-            }
-            let epoch = loop {
-                match self
-                    .store
-                    .register_worker(
-                        &self.queue,
-                        &self.worker,
-                        self.capacity,
-                        &self.tags,
-                        self.dead_after,
-                    )
-                    .await
-                {
-                    Ok(e) => break e,
-                    Err(e @ Error::WorkerIdTaken(_)) => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(worker = %self.worker, error = %e, "register again failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                _ = lost.notified() => self.rejoin().await?,
+                Some(id) = cancels.recv() => {
+                    if let Some(handle) = self.lock_running().get(&id) {
+                        self.cancelled.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+                        handle.abort();
+                        tracing::info!(task = %id, "cancelled on request");
                     }
                 }
-            };
-            self.epoch.store(epoch, Ordering::SeqCst);
-            tracing::warn!(worker = %self.worker, epoch, "registered again after being declared dead");
+                _ = stopped(&mut stop) => return Ok(()),
+            }
         }
+    }
+
+    async fn rejoin(&self) -> Result<()> {
+        for (_, handle) in self.lock_running().drain() {
+            handle.abort();
+        }
+        let epoch = loop {
+            match self
+                .store
+                .register_worker(
+                    &self.queue,
+                    &self.worker,
+                    self.capacity,
+                    &self.tags,
+                    self.dead_after,
+                )
+                .await
+            {
+                Ok(e) => break e,
+                Err(e @ Error::WorkerIdTaken(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(worker = %self.worker, error = %e, "register again failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        self.epoch.store(epoch, Ordering::SeqCst);
+        tracing::warn!(worker = %self.worker, epoch, "registered again after being declared dead");
+        Ok(())
     }
 
     /// Runs a claimed task in its own tokio task and reports it.
@@ -526,7 +544,18 @@ impl Runner {
             },
             Ok(Ok(Err(TaskError::Permanent(e)))) => Outcome::Failed(e),
             Ok(Err(e)) if e.is_panic() => retry("handler panicked".to_string()),
-            Ok(Err(_)) => retry("handler was cancelled".to_string()),
+            Ok(Err(_)) => {
+                let asked = self
+                    .cancelled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&task.id);
+                if asked {
+                    Outcome::Cancelled
+                } else {
+                    retry("handler was stopped".to_string())
+                }
+            }
             Err(_) => {
                 join.abort();
                 retry(format!("timed out after {} ms", task.timeout_ms))

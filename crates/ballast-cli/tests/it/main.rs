@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod cancel_task;
 mod claim_tasks;
 mod cli;
 mod finish_task;

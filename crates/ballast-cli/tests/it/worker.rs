@@ -487,3 +487,45 @@ fn backoff_doubles_with_bounded_jitter_and_stops_at_the_maximum() {
         assert!(d.windows(2).take(4).all(|w| w[1] > w[0]), "{d:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_cancelled_on_request_stops_and_frees_its_worker() {
+    let env = Env::start().await;
+    let (stop, run) = spawn(worker(&env.store, "w", 1));
+    let hang = TaskSpec::new("q", "hang");
+    env.client.submit(&hang).await.expect("submit");
+    loop {
+        let t = env
+            .store
+            .task("q", &hang.id)
+            .await
+            .expect("read")
+            .expect("task");
+        if t.state == TaskState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    env.store.cancel_task("q", &hang.id).await.expect("cancel");
+    let t = env
+        .client
+        .wait("q", &hang.id, Duration::from_secs(10))
+        .await
+        .expect("done");
+    assert_eq!(
+        (t.state, t.error.as_deref()),
+        (TaskState::Cancelled, Some("cancelled while running"))
+    );
+    // The worker's unit is free again: the next task runs.
+    let next = TaskSpec::new("q", "add").payload(json!({"a": 1, "b": 2}));
+    env.client.submit(&next).await.expect("submit");
+    let n = env
+        .client
+        .wait("q", &next.id, Duration::from_secs(10))
+        .await
+        .expect("next");
+    assert_eq!(n.state, TaskState::Succeeded);
+    stop.send(()).expect("stop");
+    run.await.expect("join").expect("run");
+    env.assert_sound("q").await;
+}

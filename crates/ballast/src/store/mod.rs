@@ -41,7 +41,12 @@ static RECOVER_WORKERS: LazyLock<Script> =
 static PROMOTE_TASKS: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/promote_tasks.lua")));
 static RETRY_DEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/retry_dead.lua")));
+static CANCEL_TASK: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/cancel_task.lua")));
 static PURGE_DEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/purge_dead.lua")));
+
+/// The error recorded on a task stopped by a cancel request.
+const CANCELLED: &str = "cancelled while running";
 
 /// The set of queue names (a directory for `status`; outside any queue's slot).
 const QUEUES_KEY: &str = "ballast:queues";
@@ -127,6 +132,19 @@ pub enum Outcome {
     },
     /// Give up now: the task goes to the dead letters.
     Failed(String),
+    /// Stopped on a cancel request.
+    Cancelled,
+}
+
+/// What [`Store::cancel_task`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// The task had not started: it is cancelled.
+    Cancelled,
+    /// The task is running on this worker, which is told to stop it.
+    Requested(String),
+    /// The task had already ended in this state.
+    AlreadyFinal(TaskState),
 }
 
 /// What [`Store::finish_task`] did.
@@ -162,8 +180,10 @@ pub struct QueueCounts {
     pub running: u64,
     /// Finished with a result.
     pub succeeded: u64,
-    /// Finished with an error.
+    /// Given up on: the dead letters.
     pub failed: u64,
+    /// Cancelled on request.
+    pub cancelled: u64,
 }
 
 /// A worker as Redis records it. Times are milliseconds on the Redis clock.
@@ -423,12 +443,13 @@ impl Store {
         let c: Vec<u64> = pipe.query_async(&mut conn).await?;
         Ok(QueueCounts {
             scheduled: c[0],
-            pending: c[1] + c[6],
+            pending: c[1] + c[7],
             assigned: c[2],
             running: c[3],
             succeeded: c[4],
             failed: c[5],
-            parked: c[6],
+            cancelled: c[6],
+            parked: c[7],
         })
     }
 
@@ -562,9 +583,10 @@ impl Store {
     ) -> Result<Finish> {
         let p = prefix(queue);
         let (state, body, delay) = match outcome {
-            Outcome::Succeeded(r) => ("succeeded", r, Duration::ZERO),
-            Outcome::Retry { error, delay } => ("retry", error, *delay),
-            Outcome::Failed(e) => ("failed", e, Duration::ZERO),
+            Outcome::Succeeded(r) => ("succeeded", r.as_str(), Duration::ZERO),
+            Outcome::Retry { error, delay } => ("retry", error.as_str(), *delay),
+            Outcome::Failed(e) => ("failed", e.as_str(), Duration::ZERO),
+            Outcome::Cancelled => ("cancelled", CANCELLED, Duration::ZERO),
         };
         let mut conn = self.conn.clone();
         let (status, rows): (String, Vec<Vec<String>>) = FINISH_TASK
@@ -633,6 +655,39 @@ impl Store {
             .await?;
         let next = u64::try_from(next_ms).ok().map(Duration::from_millis);
         Ok((moved, next))
+    }
+
+    /// Cancels a task: at once if it has not started, else by asking its worker to stop it.
+    pub async fn cancel_task(&self, queue: &str, id: &str) -> Result<Cancel> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = CANCEL_TASK
+            .key(format!("{p}task:{id}"))
+            .arg(&p)
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await?;
+        match (reply.first().map(String::as_str), reply.get(1)) {
+            (Some("cancelled"), _) => Ok(Cancel::Cancelled),
+            (Some("requested"), Some(w)) => Ok(Cancel::Requested(w.clone())),
+            (Some("final"), Some(s)) => Ok(Cancel::AlreadyFinal(s.parse()?)),
+            (Some("unknown"), _) => Err(Error::TaskNotFound(id.to_string())),
+            _ => Err(Error::Corrupt(format!("cancel_task replied {reply:?}"))),
+        }
+    }
+
+    /// Takes the ids of the running tasks the worker was asked to cancel.
+    pub async fn take_cancels(&self, queue: &str, worker: &str) -> Result<Vec<String>> {
+        let key = format!("{}worker:{worker}:cancel", prefix(queue));
+        let mut conn = self.conn.clone();
+        let (ids,): (Vec<String>,) = redis::pipe()
+            .atomic()
+            .smembers(&key)
+            .del(&key)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids)
     }
 
     /// Dead-letter ids of a queue (failed tasks), oldest failure first, at most `limit`.
@@ -704,6 +759,7 @@ impl Store {
             "running",
             "succeeded",
             "failed",
+            "cancelled",
         ];
         for name in indexes {
             let ids: Vec<String> = conn.zrange(format!("{p}{name}"), 0, -1).await?;

@@ -6,7 +6,8 @@
 -- ARGV[2] string  worker id
 -- ARGV[3] string  task id
 -- ARGV[4] int     lease (fencing token) the worker got with the task
--- ARGV[5] string  "succeeded", "retry" (a failed attempt worth another) or "failed" (give up)
+-- ARGV[5] string  "succeeded", "retry" (a failed attempt worth another), "failed" (give up)
+--                 or "cancelled" (stopped on a cancel request)
 -- ARGV[6] string  result JSON (succeeded) or error message
 -- ARGV[7] int     most tasks to claim for this worker afterwards (0 for none)
 -- ARGV[8] int     for "retry": milliseconds before the next attempt may start
@@ -32,6 +33,7 @@ redis.call('ZREM', key('running'), id)
 redis.call('SREM', held_key(w), id)
 redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[4]))
 redis.call('HINCRBY', worker_key(w), 'finished', 1)
+redis.call('SREM', worker_key(w) .. ':cancel', id)
 index_worker(w)
 
 local entry = { attempt = attempts, worker = w, started_at = tonumber(h[7]), finished_at = now,
@@ -41,6 +43,8 @@ append_history(tk, entry)
 
 if outcome == 'succeeded' then
   settle(id, 'succeeded', 'result', body, now)
+elseif outcome == 'cancelled' then
+  settle(id, 'cancelled', 'error', body, now)
 elseif outcome == 'retry' and attempts < max_attempts then
   local due = now + delay
   redis.call('HSET', tk, 'state', 'scheduled', 'error', body, 'run_at', due)

@@ -236,8 +236,8 @@ local function append_history(tk, entry)
   redis.call('HSET', tk, 'history', cjson.encode(list))
 end
 
--- Move a task, already out of its previous index, to a final state (succeeded or failed:
--- failed tasks are the dead letters) and tell waiters.
+-- Move a task, already out of its previous index, to a final state (succeeded, failed or
+-- cancelled; failed tasks are the dead letters) and tell waiters.
 local function settle(id, state, field, body, now)
   redis.call('HSET', task_key(id), 'state', state, 'finished_at', now, field, body)
   redis.call('ZADD', key(state), now, id)
@@ -259,6 +259,10 @@ local function requeue(id, w, now)
     redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[1]))
   end
   redis.call('SREM', held_key(w), id)
+  if redis.call('HGET', tk, 'cancel_requested') == '1' then
+    settle(id, 'cancelled', 'error', 'cancelled while its worker was lost', now)
+    return
+  end
   redis.call('HINCRBY', tk, 'requeues', 1)
   if h[3] == 'running' then
     local cut = redis.call('HINCRBY', tk, 'cut_short', 1)
@@ -285,7 +289,7 @@ local function release_worker(w, now)
   end
   local held = redis.call('SMEMBERS', held_key(w))
   for _, id in ipairs(held) do requeue(id, w, now) end
-  redis.call('DEL', worker_key(w), inbox_key(w), held_key(w))
+  redis.call('DEL', worker_key(w), inbox_key(w), held_key(w), worker_key(w) .. ':cancel')
   redis.call('SREM', key('workers'), w)
   redis.call('ZREM', key('heartbeats'), w)
   return #held

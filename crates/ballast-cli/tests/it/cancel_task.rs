@@ -1,0 +1,71 @@
+//! Tests of `Store::cancel_task` (cancel_task.lua): a task not started is cancelled at once
+//! wherever it waits; a running one is flagged for its worker; a final one is left alone.
+
+use std::time::Duration;
+
+use ballast::store::Cancel;
+use ballast::TaskState;
+
+use crate::harness::{task, Env};
+
+const Q: &str = "jobs";
+
+#[tokio::test]
+async fn tasks_not_started_are_cancelled_at_once_wherever_they_wait() {
+    let mut env = Env::start().await;
+    let delayed = env.submit(task(Q, 1).delay(Duration::from_secs(60))).await;
+    let pending = env.submit(task(Q, 1)).await;
+    env.register(Q, "w", 1, &[]).await;
+    // `pending` went to w's inbox; a second task waits in pending.
+    let waiting = env.submit(task(Q, 1)).await;
+    for id in [&delayed, &pending] {
+        assert_eq!(
+            env.store.cancel_task(Q, id).await.expect("cancel"),
+            Cancel::Cancelled
+        );
+    }
+    // Cancelling the assigned one freed w, so the waiting task was placed there.
+    assert_eq!(env.worker_of(Q, &waiting).await.as_deref(), Some("w"));
+    assert_eq!(env.inbox(Q, "w").await, vec![waiting.clone()]);
+    for id in [&delayed, &pending] {
+        let t = env.store.task(Q, id).await.expect("read").expect("task");
+        assert_eq!(
+            (t.state, t.error.as_deref()),
+            (TaskState::Cancelled, Some("cancelled before it started"))
+        );
+        assert!(t.finished_at.is_some());
+    }
+    assert_eq!(env.zrange(Q, "cancelled").await.len(), 2);
+    assert!(env.zrange(Q, "scheduled").await.is_empty());
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn a_running_task_is_flagged_for_its_worker_and_a_final_one_is_left_alone() {
+    let mut env = Env::start().await;
+    env.register(Q, "w", 1, &[]).await;
+    let id = env.submit(task(Q, 1)).await;
+    let t = env.claim(Q, "w", 1).await.remove(0);
+    assert_eq!(
+        env.store.cancel_task(Q, &id).await.expect("cancel"),
+        Cancel::Requested("w".into())
+    );
+    assert_eq!(env.task_hash(Q, &id).await["state"], "running");
+    assert_eq!(
+        env.store.take_cancels(Q, "w").await.expect("take"),
+        vec![id.clone()]
+    );
+    assert!(env
+        .store
+        .take_cancels(Q, "w")
+        .await
+        .expect("take")
+        .is_empty());
+    env.finish(Q, "w", &t, 0).await;
+    assert_eq!(
+        env.store.cancel_task(Q, &id).await.expect("cancel"),
+        Cancel::AlreadyFinal(TaskState::Succeeded)
+    );
+    assert!(env.store.cancel_task(Q, "nope").await.is_err());
+    env.assert_sound(Q).await;
+}
