@@ -48,6 +48,9 @@ pub struct WorkerArgs {
     /// Longest backoff.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     retry_max: Duration,
+    /// On SIGTERM, how long running tasks may take before they are handed back.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    grace: Duration,
 }
 
 /// `ballast submit`.
@@ -176,6 +179,7 @@ pub async fn worker(url: &str, a: WorkerArgs) -> Result<(), CliError> {
         promote_period: a.promote_period,
         retry_base: a.retry_base,
         retry_max: a.retry_max,
+        grace_period: a.grace,
     });
     if let Some(id) = a.id {
         w = w.id(id);

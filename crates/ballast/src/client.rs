@@ -13,6 +13,8 @@ use crate::task::{Limits, TaskRecord, TaskSpec};
 /// How often a wait re-reads the records it waits on, in case a finish event was missed
 /// (pub/sub delivers at most once, and not across a reconnect).
 const WAIT_RESYNC: Duration = Duration::from_secs(2);
+/// Pause before a wait tries Redis again after an error.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Submits tasks and reads their outcomes. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -80,7 +82,9 @@ impl Client {
     }
 
     /// Waits until every task in `ids` is finished; returns their records in `ids` order.
-    /// Blocks on the queue's finish events rather than polling.
+    /// Blocks on the queue's finish events rather than polling, re-reads everything every
+    /// couple of seconds in case an event was missed, and rides out a Redis restart (it
+    /// subscribes again and goes on until the deadline).
     pub async fn wait_all(
         &self,
         queue: &str,
@@ -88,65 +92,83 @@ impl Client {
         timeout: Duration,
     ) -> Result<Vec<TaskRecord>> {
         let deadline = Instant::now() + timeout;
-        // Subscribe before the first read, so no finish can slip between the two.
-        let mut events = self.store.subscribe_events(queue).await?;
-        let mut open: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let mut resync = Instant::now();
-        let mut stream = events.on_message();
-        let mut live = true;
+        let mut open: HashSet<String> = ids.iter().cloned().collect();
+        let mut events: Option<redis::aio::PubSub> = None;
+        let mut resync_at = Instant::now();
         loop {
-            if Instant::now() >= resync {
-                let check: Vec<String> = open.iter().map(|id| id.to_string()).collect();
-                let records = self.store.task_records(queue, &check).await?;
-                for (id, rec) in check.iter().zip(records) {
-                    match rec {
-                        Some(t) if t.state.is_terminal() => {
-                            open.remove(id.as_str());
-                        }
-                        Some(_) => {}
-                        None => return Err(Error::TaskNotFound(id.clone())),
-                    }
+            if Instant::now() >= resync_at {
+                // Subscribe before reading, so no finish can slip between the two.
+                if events.is_none() {
+                    events = self.store.subscribe_events(queue).await.ok();
                 }
-                resync = Instant::now() + WAIT_RESYNC;
+                match self.read_open(queue, &mut open).await {
+                    Ok(()) => resync_at = Instant::now() + WAIT_RESYNC,
+                    Err(Error::Redis(e)) => {
+                        tracing::debug!(error = %e, "wait: redis unavailable, trying again");
+                        events = None;
+                        resync_at = Instant::now() + RETRY_PAUSE;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             if open.is_empty() {
                 break;
             }
-            let until = deadline.min(resync);
-            let event = if live {
-                timeout_at(until, stream.next()).await.ok()
-            } else {
+            if Instant::now() >= deadline {
+                let id = open.iter().next().cloned().unwrap_or_default();
+                return Err(Error::WaitTimedOut {
+                    id,
+                    waited: timeout,
+                });
+            }
+            let until = deadline.min(resync_at);
+            let Some(ev) = events.as_mut() else {
                 sleep_until(until).await;
-                None
+                continue;
             };
+            let event = timeout_at(until, ev.on_message().next()).await;
             match event {
-                Some(Some(msg)) => {
+                Ok(Some(msg)) => {
                     let id: String = msg.get_payload()?;
-                    if open.contains(id.as_str()) {
-                        let done = self.store.task(queue, &id).await?;
-                        if done.is_some_and(|t| t.state.is_terminal()) {
-                            open.remove(id.as_str());
+                    if open.contains(&id) {
+                        match self.store.task(queue, &id).await {
+                            Ok(Some(t)) if t.state.is_terminal() => {
+                                open.remove(&id);
+                            }
+                            Ok(_) => {}
+                            Err(_) => resync_at = Instant::now(),
                         }
                     }
                 }
-                // The subscription dropped: go on re-reading every WAIT_RESYNC.
-                Some(None) => live = false,
-                None if Instant::now() >= deadline => {
-                    let id = open.iter().next().copied().unwrap_or_default();
-                    return Err(Error::WaitTimedOut {
-                        id: id.to_string(),
-                        waited: timeout,
-                    });
+                // The subscription dropped (a restart): subscribe again and re-read.
+                Ok(None) => {
+                    events = None;
+                    resync_at = Instant::now();
                 }
-                None => {}
+                Err(_) => {}
             }
         }
-        drop(stream);
         let records = self.store.task_records(queue, ids).await?;
         let mut out = Vec::with_capacity(ids.len());
         for (id, rec) in ids.iter().zip(records) {
             out.push(rec.ok_or_else(|| Error::TaskNotFound(id.clone()))?);
         }
         Ok(out)
+    }
+
+    /// Re-reads the open tasks and drops the finished ones.
+    async fn read_open(&self, queue: &str, open: &mut HashSet<String>) -> Result<()> {
+        let check: Vec<String> = open.iter().cloned().collect();
+        let records = self.store.task_records(queue, &check).await?;
+        for (id, rec) in check.into_iter().zip(records) {
+            match rec {
+                Some(t) if t.state.is_terminal() => {
+                    open.remove(&id);
+                }
+                Some(_) => {}
+                None => return Err(Error::TaskNotFound(id)),
+            }
+        }
+        Ok(())
     }
 }

@@ -23,6 +23,9 @@ pub enum Error {
     /// Redis could not be reached or answered with an error.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis is set up in a way ballast cannot run on safely (it would lose tasks).
+    #[error("redis is not safe for ballast: {0}")]
+    UnsafeRedis(String),
     /// A task id that is not in any known queue.
     #[error("task {0} not found")]
     TaskNotFound(String),

@@ -21,6 +21,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RedisServer {
     child: Child,
     socket: PathBuf,
+    extra: Vec<String>,
     // Held for its Drop: the folder with the socket and the log is removed with the server.
     dir: tempfile::TempDir,
 }
@@ -28,44 +29,41 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server and waits until it answers.
     pub fn start() -> Result<RedisServer> {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments (they override the defaults, e.g.
+    /// `["--appendonly", "yes"]`) and waits until it answers.
+    pub fn start_with(extra: &[&str]) -> Result<RedisServer> {
         let dir = tempfile::Builder::new()
             .prefix("ballast-redis-")
             .tempdir()
             .map_err(|e| Error::Process(format!("temp dir: {e}")))?;
         let socket = dir.path().join("redis.sock");
-        let program =
-            std::env::var("BALLAST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string());
-        let child = Command::new(&program)
-            .arg("--port")
-            .arg("0")
-            .arg("--unixsocket")
-            .arg(&socket)
-            .arg("--unixsocketperm")
-            .arg("700")
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxmemory-policy",
-                "noeviction",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(dir.path().join("redis.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                Error::Process(format!(
-                    "cannot start {program}: {e} (install it: apt-get install -y redis-server)"
-                ))
-            })?;
-        let mut server = RedisServer { child, socket, dir };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn(dir.path(), &socket, &extra)?;
+        let mut server = RedisServer {
+            child,
+            socket,
+            extra,
+            dir,
+        };
         server.wait_ready()?;
         Ok(server)
+    }
+
+    /// Stops the server the way an operator would (`SHUTDOWN`, which writes the AOF when it
+    /// is on) and starts it again on the same socket and folder.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Ok(mut s) = UnixStream::connect(&self.socket) {
+            let _ = s.write_all(b"SHUTDOWN\r\n");
+        }
+        self.child
+            .wait()
+            .map_err(|e| Error::Process(format!("redis-server did not stop: {e}")))?;
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn(self.dir.path(), &self.socket, &self.extra)?;
+        self.wait_ready()
     }
 
     /// The URL clients connect with.
@@ -97,6 +95,40 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+fn spawn(dir: &std::path::Path, socket: &std::path::Path, extra: &[String]) -> Result<Child> {
+    let program =
+        std::env::var("BALLAST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string());
+    Command::new(&program)
+        .arg("--port")
+        .arg("0")
+        .arg("--unixsocket")
+        .arg(socket)
+        .arg("--unixsocketperm")
+        .arg("700")
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            Error::Process(format!(
+                "cannot start {program}: {e} (install it: apt-get install -y redis-server)"
+            ))
+        })
 }
 
 fn ping(socket: &std::path::Path) -> bool {

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     pub retry_base: Duration,
     /// Longest backoff. Default 10 min.
     pub retry_max: Duration,
+    /// On shutdown, how long running tasks may take to finish; what is still running then
+    /// is stopped and handed back to other workers without using an attempt. Default 30 s.
+    pub grace_period: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -58,6 +61,7 @@ impl Default for WorkerConfig {
             promote_period: Duration::from_millis(250),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(600),
+            grace_period: Duration::from_secs(30),
         }
     }
 }
@@ -205,6 +209,7 @@ impl Worker {
         }
         let tags = check_tags("tags", &self.tags)?;
         self.config.validate()?;
+        self.store.check_eviction().await?;
         let epoch = self
             .store
             .register_worker(
@@ -236,6 +241,7 @@ impl Worker {
             in_flight,
             running: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),
+            abandon: AtomicBool::new(false),
         });
         let heartbeat = tokio::spawn(
             Heartbeat {
@@ -290,7 +296,20 @@ impl Worker {
             })
             .await;
         let mut idle = runner.in_flight.subscribe();
-        let _ = idle.wait_for(|n| *n == 0).await;
+        let grace = self.config.grace_period;
+        if tokio::time::timeout(grace, idle.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            // Out of time: stop what still runs and report none of it; removing the worker
+            // below hands those tasks back without using their attempts.
+            tracing::warn!(worker = %runner.worker, ?grace, "grace period over: handing back unfinished tasks");
+            runner.abandon.store(true, Ordering::SeqCst);
+            for (_, handle) in runner.lock_running().drain() {
+                handle.abort();
+            }
+            let _ = idle.wait_for(|n| *n == 0).await;
+        }
         runner
             .retry("leave (remove)", || {
                 runner
@@ -332,6 +351,8 @@ struct Runner {
     running: Mutex<HashMap<String, AbortHandle>>,
     /// Tasks stopped on a cancel request, reported as cancelled rather than failed.
     cancelled: Mutex<HashSet<String>>,
+    /// Set when the grace period ran out: outcomes are no longer reported.
+    abandon: AtomicBool,
 }
 
 impl Runner {
@@ -483,6 +504,11 @@ impl Runner {
             // between a finish freeing units in Redis and its permit being dropped here.
             let permit = Arc::clone(&self.slots).acquire_many_owned(units).await;
             let outcome = self.execute(&task).await;
+            if self.abandon.load(Ordering::SeqCst) {
+                drop(permit);
+                self.in_flight.send_modify(|n| *n -= 1);
+                return;
+            }
             let finish = self
                 .retry("finish", || {
                     self.store.finish_task(

@@ -21,7 +21,12 @@ pub struct Env {
 
 impl Env {
     pub async fn start() -> Env {
-        let server = RedisServer::start().expect("start redis-server");
+        Env::start_with(&[]).await
+    }
+
+    /// A private Redis started with extra `redis-server` arguments.
+    pub async fn start_with(extra: &[&str]) -> Env {
+        let server = RedisServer::start_with(extra).expect("start redis-server");
         let url = server.url();
         let store = Store::connect(&url).await.expect("connect");
         let raw = redis::Client::open(url.as_str())
@@ -36,6 +41,11 @@ impl Env {
             url,
             _server: server,
         }
+    }
+
+    /// Stops Redis with SHUTDOWN and starts it again on the same socket and folder.
+    pub fn restart_redis(&mut self) {
+        tokio::task::block_in_place(|| self._server.restart()).expect("restart redis");
     }
 
     /// Every key in this Redis with its type, sorted: the whole state, for exact asserts.

@@ -20,6 +20,7 @@ const FAST: WorkerConfig = WorkerConfig {
     promote_period: Duration::from_millis(20),
     retry_base: Duration::from_millis(100),
     retry_max: Duration::from_secs(5),
+    grace_period: Duration::from_secs(10),
 };
 
 #[derive(Deserialize)]
@@ -527,5 +528,95 @@ async fn a_running_task_cancelled_on_request_stops_and_frees_its_worker() {
     assert_eq!(n.state, TaskState::Succeeded);
     stop.send(()).expect("stop");
     run.await.expect("join").expect("run");
+    env.assert_sound("q").await;
+}
+
+#[tokio::test]
+async fn a_worker_refuses_a_redis_that_evicts_keys() {
+    let mut env = Env::start_with(&["--maxmemory-policy", "allkeys-lru"]).await;
+    let e = worker(&env.store, "w", 1)
+        .run(async {})
+        .await
+        .expect_err("unsafe");
+    assert!(matches!(e, ballast::Error::UnsafeRedis(_)), "{e}");
+    assert!(
+        e.to_string().contains("maxmemory-policy is allkeys-lru"),
+        "{e}"
+    );
+    assert!(env.keys().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_grace_period_unfinished_work_is_handed_back_without_using_an_attempt() {
+    let env = Env::start().await;
+    let config = WorkerConfig {
+        grace_period: Duration::from_millis(200),
+        ..FAST
+    };
+    let (stop, run) = spawn(worker(&env.store, "w", 1).config(config));
+    let hang = TaskSpec::new("q", "hang");
+    env.client.submit(&hang).await.expect("submit");
+    loop {
+        let t = env
+            .store
+            .task("q", &hang.id)
+            .await
+            .expect("read")
+            .expect("task");
+        if t.state == TaskState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(()).expect("stop");
+    run.await.expect("join").expect("run");
+    let t = env
+        .store
+        .task("q", &hang.id)
+        .await
+        .expect("read")
+        .expect("task");
+    assert_eq!(
+        (t.state, t.attempts, t.runs, t.requeues),
+        (TaskState::Pending, 0, 1, 1)
+    );
+    assert!(env.store.workers("q").await.expect("workers").is_empty());
+    env.assert_sound("q").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_goes_on_across_a_redis_restart() {
+    let mut env = Env::start_with(&["--appendonly", "yes"]).await;
+    let nap = |store: &Store, id: &str| {
+        worker(store, id, 2).handle("nap", |_: TaskContext, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, TaskError>(ms)
+        })
+    };
+    let (stop_a, run_a) = spawn(nap(&env.store, "a"));
+    let (stop_b, run_b) = spawn(nap(&env.store, "b"));
+    let specs: Vec<TaskSpec> = (0..60)
+        .map(|_| TaskSpec::new("q", "nap").payload(json!(30)))
+        .collect();
+    env.client.submit_many(&specs).await.expect("submit");
+    while env.store.counts("q").await.expect("counts").succeeded < 10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    env.restart_redis();
+    let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    let r = env
+        .client
+        .wait_all("q", &ids, Duration::from_secs(60))
+        .await
+        .expect("all done");
+    assert!(
+        r.iter().all(|t| t.state == TaskState::Succeeded),
+        "{:?}",
+        r.iter().map(|t| t.state).collect::<Vec<_>>()
+    );
+    stop_a.send(()).expect("stop");
+    stop_b.send(()).expect("stop");
+    run_a.await.expect("join").expect("run a");
+    run_b.await.expect("join").expect("run b");
     env.assert_sound("q").await;
 }

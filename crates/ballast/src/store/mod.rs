@@ -272,6 +272,31 @@ impl Store {
         Ok(Store { client, conn })
     }
 
+    /// Refuses a Redis that evicts keys under memory pressure: an evicted task record or
+    /// index would be a lost task. Passes when `CONFIG` is not allowed (a restricted ACL
+    /// user), with a warning, since the policy cannot be read then.
+    pub async fn check_eviction(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let got: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await;
+        match got {
+            Ok(kv) => match kv.get(1).map(String::as_str) {
+                Some("noeviction") | None => Ok(()),
+                Some(policy) => Err(Error::UnsafeRedis(format!(
+                    "maxmemory-policy is {policy}, so Redis may evict task keys under memory \
+                     pressure; set it to noeviction (CONFIG SET maxmemory-policy noeviction)"
+                ))),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read maxmemory-policy; make sure it is noeviction");
+                Ok(())
+            }
+        }
+    }
+
     /// A connection of its own for blocking waits (a blocked command would hold up every
     /// other command on a shared connection), with no response timeout.
     pub async fn blocking_connection(&self) -> Result<MultiplexedConnection> {
