@@ -13,7 +13,7 @@ use crate::harness::Env;
 const BIN: &str = env!("CARGO_BIN_EXE_ballast");
 
 /// A `ballast worker` process, stopped with SIGTERM (and reaped) on drop.
-struct WorkerProc(Child);
+pub(crate) struct WorkerProc(pub(crate) Child);
 
 impl Drop for WorkerProc {
     fn drop(&mut self) {
@@ -22,7 +22,7 @@ impl Drop for WorkerProc {
     }
 }
 
-fn ballast(env: &Env, args: &[&str]) -> Output {
+pub(crate) fn ballast(env: &Env, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(["--redis", &env.url])
         .args(args)
@@ -30,7 +30,7 @@ fn ballast(env: &Env, args: &[&str]) -> Output {
         .expect("run ballast")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     assert!(
         o.status.success(),
         "ballast failed: {}",
@@ -45,7 +45,7 @@ async fn worker(env: &Env, queue: &str, id: &str, capacity: i64, tags: &[&str]) 
 }
 
 /// Heartbeat, dead-after and recovery period for the fault tests.
-const FAST: [&str; 6] = [
+pub(crate) const FAST: [&str; 6] = [
     "--heartbeat",
     "100ms",
     "--dead-after",
@@ -55,7 +55,7 @@ const FAST: [&str; 6] = [
 ];
 
 /// Starts `ballast worker` with `extra` arguments and waits until it has registered.
-async fn worker_with(
+pub(crate) async fn worker_with(
     env: &Env,
     queue: &str,
     id: &str,
@@ -91,7 +91,7 @@ async fn worker_with(
 }
 
 /// Submits `lines` (JSON objects) with `submit --file`, returns the printed ids.
-fn submit_file(env: &Env, queue: &str, lines: &[String]) -> Vec<String> {
+pub(crate) fn submit_file(env: &Env, queue: &str, lines: &[String]) -> Vec<String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("tasks.jsonl");
     std::fs::write(&path, lines.join("\n")).expect("write");
@@ -108,7 +108,7 @@ fn submit_file(env: &Env, queue: &str, lines: &[String]) -> Vec<String> {
     out.lines().map(String::from).collect()
 }
 
-async fn wait_done(env: &Env, queue: &str, ids: &[String]) -> Vec<TaskRecord> {
+pub(crate) async fn wait_done(env: &Env, queue: &str, ids: &[String]) -> Vec<TaskRecord> {
     env.client
         .wait_all(queue, ids, Duration::from_secs(60))
         .await
@@ -438,7 +438,7 @@ async fn running_on(env: &Env, queue: &str, id: &str, w: &str) {
     }
 }
 
-fn signal(p: &WorkerProc, sig: &str) {
+pub(crate) fn signal(p: &WorkerProc, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &p.0.id().to_string()])
         .status()

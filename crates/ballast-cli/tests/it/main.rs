@@ -4,6 +4,7 @@
 mod harness;
 
 mod cancel_task;
+mod chaos;
 mod claim_tasks;
 mod cli;
 mod finish_task;
