@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use ballast::TaskState;
-use serde_json::Value;
 
 use crate::cli::{signal, submit_file, wait_done, worker_with, WorkerProc, FAST};
 use crate::harness::Env;
@@ -131,7 +130,7 @@ async fn chaos(plan: Plan) {
     let lost: i64 = records
         .iter()
         .flat_map(|t| t.history.iter())
-        .filter(|h| h["outcome"] == Value::from("lost"))
+        .filter(|h| h["outcome"] == "lost")
         .count() as i64;
     assert_eq!(extra, lost, "every extra run is a run recorded as lost");
     assert!(
