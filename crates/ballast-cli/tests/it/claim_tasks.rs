@@ -81,6 +81,16 @@ async fn claim_marks_tasks_running_and_returns_them_with_their_lease() {
             (t2.clone(), started[1] as f64)
         ]
     );
+    // Each running task has its lease deadline: start + its timeout (1.5 s and 300 s).
+    let mut deadlines = env.zscores(Q, "deadlines").await;
+    deadlines.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        deadlines,
+        vec![
+            (t1.clone(), (started[0] + 1_500) as f64),
+            (t2.clone(), (started[1] + 300_000) as f64)
+        ]
+    );
     let mut held = vec![t1.clone(), t2.clone()];
     held.sort();
     assert_eq!(env.smembers(Q, "worker:w:tasks").await, held);
@@ -94,6 +104,7 @@ async fn claim_marks_tasks_running_and_returns_them_with_their_lease() {
             Q,
             &[
                 "cap",
+                "deadlines",
                 "epoch",
                 "free",
                 "heartbeats",

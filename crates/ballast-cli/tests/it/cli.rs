@@ -17,7 +17,11 @@ pub(crate) struct WorkerProc(pub(crate) Child);
 
 impl Drop for WorkerProc {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        // A process killed earlier is already gone: kill has nothing to say then.
+        let _ = Command::new("kill")
+            .arg(self.0.id().to_string())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.wait();
     }
 }

@@ -299,3 +299,81 @@ async fn a_fenced_claim_returns_only_ids_still_waiting_and_never_twice() {
     assert_eq!(env.inbox(Q, "w").await, vec![y]);
     env.assert_sound(Q).await;
 }
+
+#[tokio::test]
+async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
+    let mut env = Env::start().await;
+    env.register(Q, "hung", 1, &[]).await;
+    let id = env
+        .submit(
+            task(Q, 1)
+                .max_attempts(2)
+                .timeout(Duration::from_millis(100)),
+        )
+        .await;
+    let stale = env.claim(Q, "hung", 1).await.remove(0);
+    // The worker keeps heartbeating but never reports: move its lease 10 s into the past.
+    let p = prefix(Q);
+    let past = env.now_ms().await - 10_000;
+    let _: () = env
+        .raw
+        .zadd(format!("{p}deadlines"), &id, past)
+        .await
+        .expect("zadd");
+    assert!(env
+        .store
+        .heartbeat_worker(Q, "hung", env.epoch(Q, "hung").await)
+        .await
+        .expect("beat"));
+    assert_eq!(
+        env.store
+            .recover_workers(Q, DEAD_AFTER)
+            .await
+            .expect("recover"),
+        (0, 1)
+    );
+
+    // The attempt failed; the retry waits in scheduled, the worker's unit is free again.
+    let t = env.store.task(Q, &id).await.expect("read").expect("task");
+    assert_eq!((t.state, t.attempts), (TaskState::Scheduled, 1));
+    assert!(
+        t.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("lease expired")),
+        "{t:?}"
+    );
+    assert_eq!(t.history.len(), 1);
+    assert_eq!(env.worker_int(Q, "hung", "assigned").await, 0);
+    assert!(env.zrange(Q, "deadlines").await.is_empty());
+    env.assert_sound(Q).await;
+    // The hung worker's late report is refused.
+    let late = env
+        .store
+        .finish_task(Q, "hung", &stale, &Outcome::Succeeded("1".into()), 0)
+        .await
+        .expect("finish");
+    assert_eq!(late, Finish::Stale);
+
+    // Second and last attempt: its lease expires too, and the task is a dead letter.
+    env.store.promote_tasks(Q).await.expect("promote");
+    env.claim(Q, "hung", 1).await;
+    let past = env.now_ms().await - 10_000;
+    let _: () = env
+        .raw
+        .zadd(format!("{p}deadlines"), &id, past)
+        .await
+        .expect("zadd");
+    assert_eq!(
+        env.store
+            .recover_workers(Q, DEAD_AFTER)
+            .await
+            .expect("recover"),
+        (0, 1)
+    );
+    let t = env.store.task(Q, &id).await.expect("read").expect("task");
+    assert_eq!(
+        (t.state, t.attempts, t.history.len()),
+        (TaskState::Failed, 2, 2)
+    );
+    env.assert_sound(Q).await;
+}

@@ -778,6 +778,7 @@ impl Store {
         // Where each task is indexed.
         let mut index_of: HashMap<String, Vec<String>> = HashMap::new();
         let indexes = [
+            "scheduled",
             "pending",
             "parked",
             "assigned",
@@ -883,6 +884,21 @@ impl Store {
                 if held && !workers.contains(&w) {
                     bad.push(format!("{name} index has unknown worker {w}"));
                 }
+            }
+        }
+        // Every running task has a lease deadline, and only running tasks do.
+        let deadlines: HashSet<String> = conn
+            .zrange::<_, Vec<String>>(format!("{p}deadlines"), 0, -1)
+            .await?
+            .into_iter()
+            .collect();
+        for (id, t) in &tasks {
+            if (t.state == TaskState::Running) != deadlines.contains(id) {
+                bad.push(format!(
+                    "task {id} is {} but has_lease={}",
+                    t.state,
+                    deadlines.contains(id)
+                ));
             }
         }
         for (id, t) in &tasks {

@@ -30,6 +30,7 @@ if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return { 'stale', {} } e
 local now = now_ms()
 local attempts, max_attempts = tonumber(h[5]), tonumber(h[6])
 redis.call('ZREM', key('running'), id)
+redis.call('ZREM', key('deadlines'), id)
 redis.call('SREM', held_key(w), id)
 redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[4]))
 redis.call('HINCRBY', worker_key(w), 'finished', 1)

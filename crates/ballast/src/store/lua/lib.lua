@@ -254,6 +254,7 @@ local function requeue(id, w, now)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'max_attempts')
   redis.call('ZREM', key(h[3]), id)
+  redis.call('ZREM', key('deadlines'), id)
   if h[3] == 'assigned' then redis.call('LREM', inbox_key(w), 0, id) end
   if redis.call('EXISTS', worker_key(w)) == 1 then
     redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[1]))
@@ -317,6 +318,9 @@ local function claim(w, given, max, now)
       redis.call('HSET', tk, 'state', 'running', 'started_at', now)
       redis.call('ZREM', key('assigned'), id)
       redis.call('ZADD', key('running'), now, id)
+      -- The lease: when the attempt must be over by. The worker's own timer stops the
+      -- handler first; recovery expires the lease if a hung worker never reports.
+      redis.call('ZADD', key('deadlines'), now + tonumber(redis.call('HGET', tk, 'timeout_ms')), id)
       local r = redis.call('HMGET', tk, 'kind', 'payload', 'lease', 'cost', 'timeout_ms',
         'max_attempts')
       out[#out + 1] = { id, r[1], r[2], r[3], r[4], r[5], r[6], tostring(attempt) }

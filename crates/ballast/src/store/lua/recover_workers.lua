@@ -7,6 +7,11 @@
 -- ARGV[2] int     dead-after in milliseconds
 -- ARGV[3] int     most workers declared dead in one call
 --
+-- Leases: a running task whose deadline (start + timeout, P .. 'deadlines') passed more than
+-- dead-after ago was not stopped by its worker, which hangs while still heartbeating. The
+-- attempt is failed ("lease expired") and retried or dead-lettered, as a timeout would be;
+-- the hung worker's late report is then stale.
+--
 -- Each recovery is logged, newest first, in P .. 'recoveries' (a list of JSON objects, the
 -- last 100 kept). Orphans are assigned or running tasks whose worker is not registered: a
 -- bounded ZSCAN step per call, its cursor kept in P .. 'sweep:<state>'.
@@ -42,6 +47,35 @@ for _, state in ipairs({ 'assigned', 'running' }) do
       requeue(id, w, now)
       back = back + 1
     end
+  end
+end
+
+local expired = redis.call('ZRANGEBYSCORE', key('deadlines'), '-inf', '(' .. fmt(limit),
+  'LIMIT', 0, 100)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', key('deadlines'), id)
+  local tk = task_key(id)
+  local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', 'attempts', 'max_attempts',
+    'started_at', 'timeout_ms')
+  if h[1] == 'running' then
+    local w = h[2]
+    redis.call('ZREM', key('running'), id)
+    redis.call('SREM', held_key(w), id)
+    if redis.call('EXISTS', worker_key(w)) == 1 then
+      redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[3]))
+      index_worker(w)
+    end
+    local err = 'lease expired: no report ' .. h[7] .. ' ms after the start, plus ' ..
+      dead_after .. ' ms'
+    append_history(tk, { attempt = tonumber(h[4]), worker = w, started_at = tonumber(h[6]),
+      finished_at = now, outcome = 'retry', error = err })
+    if tonumber(h[4]) < tonumber(h[5]) then
+      redis.call('HSET', tk, 'state', 'scheduled', 'error', err, 'run_at', now)
+      redis.call('ZADD', key('scheduled'), now, id)
+    else
+      settle(id, 'failed', 'error', err, now)
+    end
+    back = back + 1
   end
 end
 
