@@ -71,8 +71,8 @@ pub fn print_task(t: &TaskRecord) -> Result<(), CliError> {
     for h in &t.history {
         writeln!(
             out,
-            "attempt {:<5} {} on {} at {}{}",
-            h["attempt"],
+            "attempt {}: {} on {} at {}{}",
+            h["attempt"].as_i64().unwrap_or(0),
             h["outcome"].as_str().unwrap_or("?"),
             h["worker"].as_str().unwrap_or("?"),
             h["finished_at"],

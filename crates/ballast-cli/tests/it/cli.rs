@@ -585,3 +585,127 @@ async fn a_pause_shorter_than_half_of_dead_after_requeues_nothing() {
     assert_eq!((t.runs, t.requeues), (1, 0));
     assert!(env.store.recoveries("q").await.expect("log").is_empty());
 }
+
+/// Fast retries for the failure tests.
+const RETRY_FAST: [&str; 4] = ["--retry-base", "100ms", "--promote-period", "20ms"];
+
+fn submit_one(env: &Env, args: &[&str]) -> String {
+    let mut full = vec!["submit", "--queue", "q"];
+    full.extend(args);
+    stdout(&ballast(env, &full)).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_listed_retried_and_purged() {
+    let env = Env::start().await;
+    let _w = worker_with(&env, "q", "w", 1, &[], &RETRY_FAST).await;
+    let id = submit_one(
+        &env,
+        &["--kind", "fail", "--payload", r#"{"message":"nope"}"#],
+    );
+    let t = wait_done(&env, "q", std::slice::from_ref(&id))
+        .await
+        .remove(0);
+    assert_eq!((t.state, t.attempts), (TaskState::Failed, 3));
+
+    let ls: Value = serde_json::from_str(&stdout(&ballast(
+        &env,
+        &["dead", "ls", "--queue", "q", "--json"],
+    )))
+    .expect("json");
+    assert_eq!(ls[0]["id"], id.as_str());
+    assert_eq!(ls[0]["error"], "nope");
+    assert_eq!(ls[0]["history"].as_array().map(Vec::len), Some(3));
+    let human = stdout(&ballast(&env, &["dead", "show", "--queue", "q", &id]));
+    assert!(human.contains("attempt 2: retry on w at "), "{human}");
+    assert!(human.contains("attempt 3: failed on w at "), "{human}");
+
+    let out = stdout(&ballast(&env, &["dead", "retry", "--queue", "q", &id]));
+    assert_eq!(out.trim(), "1 dead letters sent back to pending");
+    // It runs again: three fresh attempts, failing again, six entries of history in all.
+    let mut again;
+    loop {
+        again = env.client.task(&id).await.expect("task");
+        if again.state == TaskState::Failed && again.history.len() == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again.attempts, 3);
+    let out = stdout(&ballast(&env, &["dead", "purge", "--queue", "q", "--all"]));
+    assert_eq!(out.trim(), "1 dead letters purged");
+    assert!(env.client.task(&id).await.is_err());
+    env.assert_sound("q").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_fails_the_attempt_and_cancel_stops_a_running_task() {
+    let env = Env::start().await;
+    let _w = worker_with(&env, "q", "w", 2, &[], &FAST).await;
+    let slow = submit_one(
+        &env,
+        &[
+            "--kind",
+            "sleep",
+            "--payload",
+            r#"{"ms":5000}"#,
+            "--timeout",
+            "300ms",
+            "--max-attempts",
+            "1",
+        ],
+    );
+    let long = submit_one(&env, &["--kind", "sleep", "--payload", r#"{"ms":60000}"#]);
+    let t = wait_done(&env, "q", std::slice::from_ref(&slow))
+        .await
+        .remove(0);
+    assert_eq!(
+        (t.state, t.error.as_deref()),
+        (TaskState::Failed, Some("timed out after 300 ms"))
+    );
+    let ran = t.finished_at.expect("f") - t.started_at.expect("s");
+    assert!((300..5000).contains(&ran), "ran {ran} ms");
+
+    running_on(&env, "q", &long, "w").await;
+    let out = stdout(&ballast(&env, &["cancel", &long]));
+    assert!(
+        out.contains("running on w, which is told to stop it"),
+        "{out}"
+    );
+    let t = wait_done(&env, "q", std::slice::from_ref(&long))
+        .await
+        .remove(0);
+    assert_eq!(t.state, TaskState::Cancelled);
+    let again = ballast(&env, &["cancel", &long]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already ended: cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_submit_waits_for_its_time() {
+    let env = Env::start().await;
+    let _w = worker_with(&env, "q", "w", 1, &[], &RETRY_FAST).await;
+    let id = submit_one(&env, &["--kind", "noop", "--delay", "400ms"]);
+    let t = env.client.task(&id).await.expect("task");
+    assert_eq!(t.state, TaskState::Scheduled);
+    let t = wait_done(&env, "q", std::slice::from_ref(&id))
+        .await
+        .remove(0);
+    let waited = t.started_at.expect("s") - t.submitted_at;
+    assert!(waited >= 400, "started {waited} ms after submit");
+    // An absolute time in the past runs at once; a bad one is refused.
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let id = submit_one(&env, &["--kind", "noop", "--at", &now]);
+    assert_eq!(
+        wait_done(&env, "q", std::slice::from_ref(&id)).await[0].state,
+        TaskState::Succeeded
+    );
+    let bad = ballast(
+        &env,
+        &[
+            "submit", "--queue", "q", "--kind", "noop", "--at", "tomorrow",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
+}

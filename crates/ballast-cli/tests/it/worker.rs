@@ -369,7 +369,12 @@ async fn failed_attempts_are_retried_with_growing_backoff_then_dead_lettered() {
     // Always fails: dead-lettered after max_attempts with its last error and history.
     assert_eq!((r[1].state, r[1].attempts), (TaskState::Failed, 3));
     assert_eq!(r[1].error.as_deref(), Some("attempt 3 failed"));
-    assert_eq!(r[1].history.len(), 3);
+    let outcomes: Vec<&str> = r[1]
+        .history
+        .iter()
+        .map(|h| h["outcome"].as_str().expect("o"))
+        .collect();
+    assert_eq!(outcomes, ["retry", "retry", "failed"]);
     assert_eq!(
         env.store.dead_ids("q", 10).await.expect("dead"),
         vec![always.id.clone()]

@@ -37,6 +37,8 @@ redis.call('HINCRBY', worker_key(w), 'finished', 1)
 redis.call('SREM', worker_key(w) .. ':cancel', id)
 index_worker(w)
 
+-- A retry with no attempts left is the task's last failure.
+if outcome == 'retry' and attempts >= max_attempts then outcome = 'failed' end
 local entry = { attempt = attempts, worker = w, started_at = tonumber(h[7]), finished_at = now,
   outcome = outcome }
 if outcome ~= 'succeeded' then entry.error = body end
@@ -46,7 +48,7 @@ if outcome == 'succeeded' then
   settle(id, 'succeeded', 'result', body, now)
 elseif outcome == 'cancelled' then
   settle(id, 'cancelled', 'error', body, now)
-elseif outcome == 'retry' and attempts < max_attempts then
+elseif outcome == 'retry' then
   local due = now + delay
   redis.call('HSET', tk, 'state', 'scheduled', 'error', body, 'run_at', due)
   redis.call('ZADD', key('scheduled'), due, id)
