@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::store::Store;
-use crate::worker::stopped;
+use crate::worker::every;
 
 pub(crate) struct Heartbeat {
     pub(crate) store: Store,
@@ -28,15 +28,8 @@ pub(crate) struct Heartbeat {
 
 impl Heartbeat {
     /// Beats every `interval` until `stop` turns true.
-    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.step().await,
-                _ = stopped(&mut stop) => return,
-            }
-        }
+    pub(crate) async fn run(self, stop: watch::Receiver<bool>) {
+        every(self.interval, stop, || self.step()).await;
     }
 
     async fn step(&self) {

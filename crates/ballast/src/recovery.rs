@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::store::Store;
-use crate::worker::stopped;
+use crate::worker::every;
 
 pub(crate) struct Recovery {
     pub(crate) store: Store,
@@ -21,15 +21,8 @@ pub(crate) struct Recovery {
 
 impl Recovery {
     /// Runs a step every `period` until `stop` turns true.
-    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.step().await,
-                _ = stopped(&mut stop) => return,
-            }
-        }
+    pub(crate) async fn run(self, stop: watch::Receiver<bool>) {
+        every(self.period, stop, || self.step()).await;
     }
 
     async fn step(&self) {

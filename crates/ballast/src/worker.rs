@@ -331,6 +331,23 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
+/// The skeleton of the periodic loops (heartbeat, recovery): one step every `period`, the
+/// first at once, until `stop`. A late step delays the next rather than bunching them.
+pub(crate) async fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => step().await,
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
 /// The running part of a worker, shared by the fetch loop and the task futures.
 struct Runner {
     store: Store,

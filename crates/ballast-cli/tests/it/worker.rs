@@ -63,6 +63,20 @@ fn spawn(w: Worker) -> (oneshot::Sender<()>, JoinHandle<ballast::Result<()>>) {
     (tx, handle)
 }
 
+async fn wait_running(env: &Env, id: &str) {
+    while env
+        .store
+        .task("q", id)
+        .await
+        .expect("read")
+        .expect("task")
+        .state
+        != TaskState::Running
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn wait_registered(env: &Env, id: &str) {
     while !env
         .store
@@ -500,18 +514,7 @@ async fn a_running_task_cancelled_on_request_stops_and_frees_its_worker() {
     let (stop, run) = spawn(worker(&env.store, "w", 1));
     let hang = TaskSpec::new("q", "hang");
     env.client.submit(&hang).await.expect("submit");
-    loop {
-        let t = env
-            .store
-            .task("q", &hang.id)
-            .await
-            .expect("read")
-            .expect("task");
-        if t.state == TaskState::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_running(&env, &hang.id).await;
     env.store.cancel_task("q", &hang.id).await.expect("cancel");
     let t = env
         .client
@@ -561,18 +564,7 @@ async fn after_the_grace_period_unfinished_work_is_handed_back_without_using_an_
     let (stop, run) = spawn(worker(&env.store, "w", 1).config(config));
     let hang = TaskSpec::new("q", "hang");
     env.client.submit(&hang).await.expect("submit");
-    loop {
-        let t = env
-            .store
-            .task("q", &hang.id)
-            .await
-            .expect("read")
-            .expect("task");
-        if t.state == TaskState::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_running(&env, &hang.id).await;
     stop.send(()).expect("stop");
     run.await.expect("join").expect("run");
     let t = env
