@@ -1,4 +1,4 @@
-//! The handlers every `ballast worker` knows: `noop`, `sleep`, `echo` and `fail`.
+//! The handlers every `ballast worker` knows: `noop`, `sleep`, `echo`, `fail` and `flaky`.
 
 use std::time::Duration;
 
@@ -16,6 +16,13 @@ struct Sleep {
 struct Fail {
     #[serde(default = "default_message")]
     message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Flaky {
+    /// Attempts that fail before one succeeds.
+    failures: i64,
 }
 
 fn default_message() -> String {
@@ -37,5 +44,14 @@ pub fn install(worker: Worker) -> Worker {
         })
         .handle("fail", |_: TaskContext, p: Fail| async move {
             Err::<Value, _>(TaskError::retry(p.message))
+        })
+        .handle("flaky", |ctx: TaskContext, p: Flaky| async move {
+            if ctx.attempt <= p.failures {
+                return Err(TaskError::retry(format!(
+                    "attempt {} fails on purpose",
+                    ctx.attempt
+                )));
+            }
+            Ok(json!({ "succeeded_on_attempt": ctx.attempt }))
         })
 }

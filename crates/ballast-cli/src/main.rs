@@ -28,7 +28,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a worker with the built-in handlers (noop, sleep, echo, fail) until SIGINT/SIGTERM.
+    /// Run a worker with the built-in handlers (noop, sleep, echo, fail, flaky) until SIGINT/SIGTERM.
     Worker(commands::WorkerArgs),
     /// Submit one task (prints its id), or many from a JSON-lines file (one id per line).
     Submit(commands::SubmitArgs),

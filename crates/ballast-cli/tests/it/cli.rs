@@ -709,3 +709,29 @@ async fn a_delayed_submit_waits_for_its_time() {
     assert!(!bad.status.success());
     assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_failing_twice_succeeds_on_its_third_attempt_after_growing_gaps() {
+    let env = Env::start().await;
+    let _w = worker_with(&env, "q", "w", 1, &[], &RETRY_FAST).await;
+    let id = submit_one(&env, &["--kind", "flaky", "--payload", r#"{"failures":2}"#]);
+    let t = wait_done(&env, "q", std::slice::from_ref(&id))
+        .await
+        .remove(0);
+    assert_eq!((t.state, t.attempts), (TaskState::Succeeded, 3));
+    assert_eq!(
+        t.result,
+        Some(serde_json::json!({"succeeded_on_attempt": 3}))
+    );
+    let h = &t.history;
+    let gap = |i: usize| {
+        h[i + 1]["started_at"].as_i64().expect("s") - h[i]["finished_at"].as_i64().expect("f")
+    };
+    // Backoff 100 ms, then 200 ms, each with up to 25% jitter: the floors are guaranteed.
+    assert!(
+        gap(0) >= 100 && gap(1) >= 200,
+        "gaps {} and {}",
+        gap(0),
+        gap(1)
+    );
+}
