@@ -51,6 +51,10 @@ pub struct WorkerArgs {
     /// On SIGTERM, how long running tasks may take before they are handed back.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    /// A program the `exec` handler may run (repeatable; exact path). Without it, `exec`
+    /// refuses everything.
+    #[arg(long = "allow-exec")]
+    allow_exec: Vec<PathBuf>,
 }
 
 /// `ballast submit`.
@@ -187,7 +191,8 @@ pub async fn worker(url: &str, a: WorkerArgs) -> Result<(), CliError> {
     for t in a.tags {
         w = w.tag(t);
     }
-    crate::builtin::install(w).run(signal()).await?;
+    let allow = crate::builtin::ExecAllow::new(&a.allow_exec)?;
+    crate::builtin::install(w, allow).run(signal()).await?;
     Ok(())
 }
 
@@ -347,6 +352,9 @@ pub async fn cancel(url: &str, a: CancelArgs) -> Result<(), CliError> {
         }
         ballast::store::Cancel::AlreadyFinal(s) => {
             return Err(CliError::Usage(format!("task {} already ended: {s}", a.id)))
+        }
+        ballast::store::Cancel::JobEnded(s) => {
+            return Err(CliError::Usage(format!("job {} already ended: {s}", a.id)))
         }
     }
     Ok(())

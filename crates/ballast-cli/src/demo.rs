@@ -46,6 +46,7 @@ pub async fn run(url: Option<String>, a: DemoArgs) -> Result<(), CliError> {
     for cap in CAPACITIES {
         let worker = crate::builtin::install(
             Worker::new(store.clone(), &queue, cap).id(format!("{queue}-cap{cap}")),
+            crate::builtin::ExecAllow::default(),
         );
         let mut stop = stop_rx.clone();
         workers.push(tokio::spawn(worker.run(async move {

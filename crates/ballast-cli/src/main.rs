@@ -4,6 +4,7 @@ mod builtin;
 mod commands;
 mod dead;
 mod demo;
+mod job;
 mod output;
 
 use std::process::ExitCode;
@@ -42,6 +43,8 @@ pub enum Command {
     Cancel(commands::CancelArgs),
     /// Dead letters: tasks that failed for good (ls, show, retry, purge).
     Dead(dead::DeadArgs),
+    /// Map-reduce jobs over a file's chunks (run, status, cancel).
+    Job(job::JobArgs),
     /// Run three workers of capacities 1, 2 and 4 on a mixed workload and show how load
     /// followed capacity. Starts a private redis-server unless --redis is given.
     Demo(demo::DemoArgs),
@@ -120,6 +123,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(a) => commands::status(&url_or_default(), a).await,
         Command::Cancel(a) => commands::cancel(&url_or_default(), a).await,
         Command::Dead(a) => dead::run(&url_or_default(), a).await,
+        Command::Job(a) => job::run(&url_or_default(), a).await,
         Command::Demo(a) => demo::run(url, a).await,
     }
 }

@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::error::{Error, Result};
+use crate::job::{JobHeader, JobRecord, JobUpload};
 use crate::store::{Placement, Store};
 use crate::task::{Limits, TaskRecord, TaskSpec};
 
@@ -67,6 +68,69 @@ impl Client {
             .collect::<Result<Vec<_>>>()?;
         let pairs: Vec<_> = specs.iter().zip(checked.iter()).collect();
         self.store.submit_tasks(&pairs).await
+    }
+
+    /// Starts a job: validates its header; add chunks to the returned upload, then commit.
+    pub fn start_job(&self, header: JobHeader) -> Result<JobUpload> {
+        JobUpload::new(self.store.clone(), self.limits, header)
+    }
+
+    /// Reads a job's record by id, from whichever queue holds it.
+    pub async fn job(&self, id: &str) -> Result<JobRecord> {
+        self.store.find_job(id).await
+    }
+
+    /// Waits until the job has ended and returns its record, or [`Error::WaitTimedOut`].
+    /// Blocks on the queue's events (a job's end is published as `job:<id>`), re-reading
+    /// every couple of seconds and riding out Redis restarts like [`Client::wait_all`].
+    pub async fn wait_job(&self, queue: &str, id: &str, timeout: Duration) -> Result<JobRecord> {
+        let deadline = Instant::now() + timeout;
+        let topic = format!("job:{id}");
+        let mut events: Option<redis::aio::PubSub> = None;
+        loop {
+            if events.is_none() {
+                events = self.store.subscribe_events(queue).await.ok();
+            }
+            match self.store.job(queue, id).await {
+                Ok(Some(j)) if j.state.is_terminal() => return Ok(j),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(Error::JobNotFound(id.to_string())),
+                Err(Error::Redis(_)) => events = None,
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::WaitTimedOut {
+                    id: id.to_string(),
+                    waited: timeout,
+                });
+            }
+            let until = deadline.min(Instant::now() + WAIT_RESYNC);
+            let Some(ev) = events.as_mut() else {
+                sleep_until(until.min(Instant::now() + RETRY_PAUSE)).await;
+                continue;
+            };
+            let mut dropped = false;
+            let mut stream = ev.on_message();
+            loop {
+                match timeout_at(until, stream.next()).await {
+                    Ok(Some(m))
+                        if m.get_payload::<String>().ok().as_deref() == Some(topic.as_str()) =>
+                    {
+                        break
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        dropped = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            drop(stream);
+            if dropped {
+                events = None;
+            }
+        }
     }
 
     /// Reads a task's record by id, from whichever queue holds it.

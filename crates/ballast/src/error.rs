@@ -29,6 +29,9 @@ pub enum Error {
     /// A task id that is not in any known queue.
     #[error("task {0} not found")]
     TaskNotFound(String),
+    /// A job id that is not in any known queue.
+    #[error("job {0} not found")]
+    JobNotFound(String),
     /// A live worker already registered under this id in this queue.
     #[error("worker id {0:?} is already in use by a live worker")]
     WorkerIdTaken(String),

@@ -11,6 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::job::{MapResults, ReducePayload};
+use crate::store::Store;
+
 /// What a running task knows about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskContext {
@@ -63,9 +66,12 @@ impl TaskError {
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
 pub(crate) type Handler = Arc<dyn Fn(TaskContext, &str) -> BoxFuture + Send + Sync>;
 
-/// Handlers by kind.
+/// Handlers by kind, and reducers (handlers of jobs' reduce tasks) by kind.
 #[derive(Clone, Default)]
-pub(crate) struct Handlers(HashMap<String, Handler>);
+pub(crate) struct Handlers {
+    tasks: HashMap<String, Handler>,
+    reducers: HashMap<String, Handler>,
+}
 
 impl Handlers {
     pub(crate) fn add<P, R, F, Fut>(&mut self, kind: &str, f: F)
@@ -89,10 +95,37 @@ impl Handlers {
                 serde_json::to_value(r).map_err(|e| TaskError::permanent(format!("result: {e}")))
             })
         });
-        self.0.insert(kind.to_string(), handler);
+        self.tasks.insert(kind.to_string(), handler);
     }
 
-    pub(crate) fn get(&self, kind: &str) -> Option<&Handler> {
-        self.0.get(kind)
+    /// A reducer receives the job's map results, read from `store` as it goes.
+    pub(crate) fn add_reducer<R, F, Fut>(&mut self, kind: &str, store: Store, queue: String, f: F)
+    where
+        R: Serialize + Send + 'static,
+        F: Fn(TaskContext, MapResults) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, TaskError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let handler: Handler = Arc::new(move |ctx: TaskContext, payload: &str| {
+            let decoded = serde_json::from_str::<ReducePayload>(payload);
+            let (f, store, queue) = (Arc::clone(&f), store.clone(), queue.clone());
+            Box::pin(async move {
+                let p = decoded.map_err(|e| {
+                    TaskError::permanent(format!("not a reduce task of a job: {e}"))
+                })?;
+                let r = f(ctx, MapResults::new(store, queue, p)).await?;
+                serde_json::to_value(r).map_err(|e| TaskError::permanent(format!("result: {e}")))
+            })
+        });
+        self.reducers.insert(kind.to_string(), handler);
+    }
+
+    /// The handler for a task: a job's reduce task goes to a reducer of its kind if there is
+    /// one, else (like any task) to the handler of its kind.
+    pub(crate) fn get(&self, kind: &str, reduce: bool) -> Option<&Handler> {
+        reduce
+            .then(|| self.reducers.get(kind))
+            .flatten()
+            .or_else(|| self.tasks.get(kind))
     }
 }

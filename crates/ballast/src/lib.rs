@@ -41,6 +41,7 @@
 //! - `recovery`: the loop that hands dead workers' tasks to the living.
 //! - `promotion`: the loop that brings delayed and retrying tasks back when due.
 //! - [`handler`]: what a handler is ([`TaskContext`], [`TaskError`]).
+//! - [`job`]: map-reduce jobs over chunks ([`JobHeader`], [`JobUpload`], [`MapResults`]).
 //! - [`error`]: the error enum.
 //! - `testing` (feature `testing`): a private `redis-server` for tests and demos.
 
@@ -48,6 +49,7 @@ pub mod client;
 pub mod error;
 pub mod handler;
 mod heartbeat;
+pub mod job;
 mod promotion;
 mod recovery;
 pub mod store;
@@ -59,6 +61,7 @@ pub mod worker;
 pub use client::Client;
 pub use error::{Error, Invalid, Result};
 pub use handler::{TaskContext, TaskError};
+pub use job::{JobHeader, JobRecord, JobState, JobUpload, MapResults};
 pub use store::{Placement, QueueCounts, Store, WorkerRecord};
 pub use task::{Limits, TaskRecord, TaskSpec, TaskState};
 pub use worker::{Worker, WorkerConfig};

@@ -19,6 +19,7 @@ use tokio::task::AbortHandle;
 use crate::error::{Error, Invalid, Result};
 use crate::handler::{Handlers, TaskContext, TaskError};
 use crate::heartbeat::Heartbeat;
+use crate::job::MapResults;
 use crate::promotion::Promotion;
 use crate::recovery::Recovery;
 use crate::store::{ClaimedTask, Finish, Leave, Outcome, Store};
@@ -186,6 +187,19 @@ impl Worker {
         Fut: Future<Output = std::result::Result<R, TaskError>> + Send + 'static,
     {
         self.handlers.add(kind, f);
+        self
+    }
+
+    /// Runs `f` for the reduce tasks of jobs whose reduce kind is `kind`; it reads the map
+    /// results, in chunk order, from the [`MapResults`] it is given.
+    pub fn reduce<R, F, Fut>(mut self, kind: &str, f: F) -> Worker
+    where
+        R: Serialize + Send + 'static,
+        F: Fn(TaskContext, MapResults) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, TaskError>> + Send + 'static,
+    {
+        self.handlers
+            .add_reducer(kind, self.store.clone(), self.queue.clone(), f);
         self
     }
 
@@ -554,7 +568,7 @@ impl Runner {
 
     /// Runs the handler under the task's timeout; a panic or a timeout is a failure.
     async fn execute(&self, task: &ClaimedTask) -> Outcome {
-        let Some(handler) = self.handlers.get(&task.kind) else {
+        let Some(handler) = self.handlers.get(&task.kind, task.role == "reduce") else {
             return Outcome::Failed(format!(
                 "no handler for kind {:?} on this worker",
                 task.kind

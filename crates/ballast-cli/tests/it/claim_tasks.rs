@@ -47,6 +47,7 @@ async fn claim_marks_tasks_running_and_returns_them_with_their_lease() {
                 timeout_ms: 1500,
                 max_attempts: 4,
                 attempt: 1,
+                role: String::new(),
             },
             ClaimedTask {
                 id: t2.clone(),
@@ -57,6 +58,7 @@ async fn claim_marks_tasks_running_and_returns_them_with_their_lease() {
                 timeout_ms: 300_000,
                 max_attempts: 3,
                 attempt: 1,
+                role: String::new(),
             },
         ]
     );

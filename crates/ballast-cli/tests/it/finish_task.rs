@@ -173,6 +173,7 @@ async fn the_next_pending_task_is_placed_and_claimed_in_the_same_call() {
             timeout_ms: 300_000,
             max_attempts: 3,
             attempt: 1,
+            role: String::new(),
         }]
     );
     let mut h = env.task_hash(Q, &t2).await;

@@ -16,6 +16,7 @@ use redis::{AsyncCommands, AsyncConnectionConfig, Script};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::job::{JobHeader, JobRecord};
 use crate::task::{Checked, TaskRecord, TaskSpec, TaskState};
 
 const LIB: &str = include_str!("lua/lib.lua");
@@ -43,6 +44,8 @@ static PROMOTE_TASKS: LazyLock<Script> =
 static RETRY_DEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/retry_dead.lua")));
 static CANCEL_TASK: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/cancel_task.lua")));
+static SUBMIT_JOB: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/submit_job.lua")));
+static CANCEL_JOB: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cancel_job.lua")));
 static PURGE_DEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/purge_dead.lua")));
 
 /// The error recorded on a task stopped by a cancel request.
@@ -89,13 +92,15 @@ pub struct ClaimedTask {
     pub max_attempts: i64,
     /// This attempt's number, from 1.
     pub attempt: i64,
+    /// `reduce` for a job's reduce task, empty otherwise.
+    pub role: String,
 }
 
 impl ClaimedTask {
     fn from_row(row: Vec<String>) -> Result<Self> {
-        let [id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt]: [String; 8] = row
-            .try_into()
-            .map_err(|r: Vec<String>| Error::Corrupt(format!("claim row {r:?}")))?;
+        let [id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt, role]: [String; 9] =
+            row.try_into()
+                .map_err(|r: Vec<String>| Error::Corrupt(format!("claim row {r:?}")))?;
         let int = |s: String| {
             s.parse::<i64>()
                 .map_err(|_| Error::Corrupt(format!("claimed task {id}: {s:?}")))
@@ -106,6 +111,7 @@ impl ClaimedTask {
             timeout_ms: int(timeout_ms)?,
             max_attempts: int(max_attempts)?,
             attempt: int(attempt)?,
+            role,
             id,
             kind,
             payload,
@@ -145,6 +151,8 @@ pub enum Cancel {
     Requested(String),
     /// The task had already ended in this state.
     AlreadyFinal(TaskState),
+    /// The job had already ended in this state.
+    JobEnded(String),
 }
 
 /// What [`Store::finish_task`] did.
@@ -713,6 +721,150 @@ impl Store {
             .query_async(&mut conn)
             .await?;
         Ok(ids)
+    }
+
+    /// Stages chunk payloads of a job not yet submitted (chunk index -> payload JSON), in one
+    /// pipelined round trip. Staged input expires after a day if the job is never submitted.
+    pub async fn stage_job_input(
+        &self,
+        queue: &str,
+        job: &str,
+        chunks: &[(usize, String)],
+    ) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let key = format!("{}job:{job}:input", prefix(queue));
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for (i, payload) in chunks {
+            pipe.hset(&key, *i, payload).ignore();
+        }
+        pipe.expire(&key, 86_400).ignore();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Drops the staged input of a job that will not be submitted.
+    pub async fn discard_job_input(&self, queue: &str, job: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        conn.del::<_, ()>(format!("{}job:{job}:input", prefix(queue)))
+            .await?;
+        Ok(())
+    }
+
+    /// Creates the job and its `total` map tasks from the staged input, atomically, and
+    /// places them.
+    pub async fn submit_job(&self, h: &JobHeader, total: usize) -> Result<()> {
+        let p = prefix(&h.queue);
+        let mut conn = self.conn.clone();
+        conn.sadd::<_, _, ()>(QUEUES_KEY, &h.queue).await?;
+        let reply: Vec<String> = SUBMIT_JOB
+            .key(format!("{p}job:{}", h.id))
+            .arg(&p)
+            .arg(&h.id)
+            .arg(&h.queue)
+            .arg(&h.map_kind)
+            .arg(&h.reduce_kind)
+            .arg(total)
+            .arg(h.tolerate)
+            .arg(h.priority)
+            .arg(h.cost)
+            .arg(h.reduce_cost)
+            .arg(h.tags.join(","))
+            .arg(h.max_attempts)
+            .arg(h.timeout_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("exists") => Err(Error::Corrupt(format!("job {} already exists", h.id))),
+            Some("missing") => Err(Error::Corrupt(format!(
+                "job {}: {} of {total} chunks were staged",
+                h.id,
+                reply.get(1).map_or("?", String::as_str)
+            ))),
+            _ => Err(Error::Corrupt(format!("submit_job replied {reply:?}"))),
+        }
+    }
+
+    /// A job's record, or `None` when the queue has no such job.
+    pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobRecord>> {
+        let mut conn = self.conn.clone();
+        let h: HashMap<String, String> = conn.hgetall(format!("{}job:{id}", prefix(queue))).await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        JobRecord::from_fields(h).map(Some).map_err(Error::Corrupt)
+    }
+
+    /// Finds a job by id in any known queue.
+    pub async fn find_job(&self, id: &str) -> Result<JobRecord> {
+        for queue in self.queues().await? {
+            if let Some(j) = self.job(&queue, id).await? {
+                return Ok(j);
+            }
+        }
+        Err(Error::JobNotFound(id.to_string()))
+    }
+
+    /// The states of a job's tasks (map tasks in chunk order, then the reduce task).
+    pub async fn job_task_states(&self, queue: &str, id: &str) -> Result<Vec<(String, TaskState)>> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn.lrange(format!("{p}job:{id}:tasks"), 0, -1).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for t in chunk {
+                pipe.hget(format!("{p}task:{t}"), "state");
+            }
+            let states: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+            for (t, s) in chunk.iter().zip(states) {
+                if let Some(s) = s {
+                    out.push((t.clone(), s.parse()?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Map results of chunks `from..from + count` (`None` for a chunk with no result).
+    pub async fn job_results(
+        &self,
+        queue: &str,
+        id: &str,
+        from: usize,
+        count: usize,
+    ) -> Result<Vec<Option<String>>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let fields: Vec<usize> = (from..from + count).collect();
+        Ok(redis::cmd("HMGET")
+            .arg(format!("{}job:{id}:results", prefix(queue)))
+            .arg(fields)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Cancels a job and every task of it that has not ended.
+    pub async fn cancel_job(&self, queue: &str, id: &str) -> Result<Cancel> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = CANCEL_JOB
+            .key(format!("{p}job:{id}"))
+            .arg(&p)
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await?;
+        match (reply.first().map(String::as_str), reply.get(1)) {
+            (Some("cancelled"), _) => Ok(Cancel::Cancelled),
+            (Some("final"), Some(s)) => Ok(Cancel::JobEnded(s.clone())),
+            (Some("unknown"), _) => Err(Error::JobNotFound(id.to_string())),
+            _ => Err(Error::Corrupt(format!("cancel_job replied {reply:?}"))),
+        }
     }
 
     /// Dead-letter ids of a queue (failed tasks), oldest failure first, at most `limit`.

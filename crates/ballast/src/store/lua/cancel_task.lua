@@ -10,31 +10,11 @@
 -- Returns {"cancelled"} | {"requested", worker} | {"final", state} | {"unknown"}.
 
 local tk, id = KEYS[1], ARGV[2]
-local h = redis.call('HMGET', tk, 'state', 'worker', 'cost')
-local state, w = h[1], h[2]
-if not state then return { 'unknown' } end
-if state == 'succeeded' or state == 'failed' or state == 'cancelled' then
-  return { 'final', state }
-end
-if state == 'running' then
-  redis.call('HSET', tk, 'cancel_requested', 1)
-  redis.call('SADD', worker_key(w) .. ':cancel', id)
-  return { 'requested', w }
-end
-
+local h = redis.call('HMGET', tk, 'state', 'worker')
+if not h[1] then return { 'unknown' } end
 local now = now_ms()
-if state == 'pending' then
-  redis.call('ZREM', key('pending'), id)
-  redis.call('ZREM', key('parked'), id)
-else
-  redis.call('ZREM', key(state), id)
-end
-if state == 'assigned' then
-  redis.call('LREM', inbox_key(w), 0, id)
-  redis.call('SREM', held_key(w), id)
-  redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[3]))
-  index_worker(w)
-end
-settle(id, 'cancelled', 'error', 'cancelled before it started', now)
-if state == 'assigned' then place(now) end
+local done = cancel(id, now)
+if done == 'final' then return { 'final', h[1] } end
+if done == 'requested' then return { 'requested', h[2] } end
+place(now)
 return { 'cancelled' }

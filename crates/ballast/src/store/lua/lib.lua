@@ -238,10 +238,116 @@ end
 
 -- Move a task, already out of its previous index, to a final state (succeeded, failed or
 -- cancelled; failed tasks are the dead letters) and tell waiters.
+-- Defined below: what a job does when one of its tasks ends.
+local job_task_settled
+
 local function settle(id, state, field, body, now)
   redis.call('HSET', task_key(id), 'state', state, 'finished_at', now, field, body)
   redis.call('ZADD', key(state), now, id)
   redis.call('PUBLISH', key('events'), id)
+  job_task_settled(id, state, body, now)
+end
+
+-- Store a new task record and queue it (pending, or scheduled when `due` is ahead). `extra`
+-- holds further fields (a job's map tasks carry `job` and `chunk`). Returns its order.
+local function new_task(id, queue, kind, payload, priority, cost, tags, max_attempts,
+                        timeout_ms, due, now, extra)
+  local tk = task_key(id)
+  local order = fmt((1000 - tonumber(priority)) * ORDER_SHIFT + redis.call('INCR', key('seq')))
+  redis.call('HSET', tk, 'id', id, 'queue', queue, 'kind', kind, 'payload', payload,
+    'priority', priority, 'cost', cost, 'tags', tags, 'max_attempts', max_attempts,
+    'timeout_ms', timeout_ms, 'state', 'pending', 'order', order, 'attempts', 0, 'lease', 0,
+    'submitted_at', now)
+  if extra and #extra > 0 then redis.call('HSET', tk, unpack(extra)) end
+  if due > now then
+    redis.call('HSET', tk, 'state', 'scheduled', 'run_at', due)
+    redis.call('ZADD', key('scheduled'), due, id)
+  else
+    redis.call('ZADD', key('pending'), order, id)
+  end
+  return order
+end
+
+-- Cancel a task that has not ended: at once when it has not started (the caller calls
+-- place() if it freed an assigned task's cost), by a request to its worker when it runs.
+-- Returns "cancelled", "requested", or "final" when it had already ended.
+local function cancel(id, now)
+  local tk = task_key(id)
+  local h = redis.call('HMGET', tk, 'state', 'worker', 'cost')
+  local state, w = h[1], h[2]
+  if state == 'running' then
+    redis.call('HSET', tk, 'cancel_requested', 1)
+    redis.call('SADD', worker_key(w) .. ':cancel', id)
+    return 'requested'
+  end
+  if state == 'pending' then
+    redis.call('ZREM', key('pending'), id)
+    redis.call('ZREM', key('parked'), id)
+  elseif state == 'scheduled' or state == 'assigned' then
+    redis.call('ZREM', key(state), id)
+  else
+    return 'final'
+  end
+  if state == 'assigned' then
+    redis.call('LREM', inbox_key(w), 0, id)
+    redis.call('SREM', held_key(w), id)
+    redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[3]))
+    index_worker(w)
+  end
+  settle(id, 'cancelled', 'error', 'cancelled before it started', now)
+  return 'cancelled'
+end
+
+local function job_key(jid) return P .. 'job:' .. jid end
+
+-- End a job: record its outcome, stop its unfinished tasks, tell waiters.
+local function end_job(jid, state, field, body, now)
+  local jk = job_key(jid)
+  redis.call('HSET', jk, 'state', state, field, body, 'finished_at', now)
+  redis.call('ZADD', key('jobs:done'), now, jid)
+  for _, tid in ipairs(redis.call('LRANGE', jk .. ':tasks', 0, -1)) do cancel(tid, now) end
+  redis.call('PUBLISH', key('events'), 'job:' .. jid)
+end
+
+-- A job's task ended. A map result is kept under the job; a failed chunk counts against the
+-- job's tolerance (over it, the job fails and its other tasks are cancelled); the call that
+-- records the last map outcome creates the reduce task in the same step. A task finishes
+-- once (its lease fences it), so each chunk is counted once and the reduce is made once.
+job_task_settled = function(id, state, body, now)
+  local j = redis.call('HMGET', task_key(id), 'job', 'chunk')
+  local jid, chunk = j[1], j[2]
+  if not jid then return end
+  local jk = job_key(jid)
+  local js = redis.call('HMGET', jk, 'state', 'reduce_task')
+  if js[2] == id then
+    if state == 'succeeded' then
+      end_job(jid, 'succeeded', 'result', body, now)
+    elseif js[1] == 'reducing' then
+      end_job(jid, state, 'error', 'reduce ' .. state .. ': ' .. body, now)
+    end
+    return
+  end
+  if js[1] ~= 'running' then return end
+  if state == 'succeeded' then
+    redis.call('HSET', jk .. ':results', chunk, body)
+    redis.call('HINCRBY', jk, 'done', 1)
+  else
+    local failed = redis.call('HINCRBY', jk, 'failed', 1)
+    redis.call('HSETNX', jk, 'first_failed_chunk', chunk)
+    if failed > tonumber(redis.call('HGET', jk, 'tolerate')) then
+      end_job(jid, 'failed', 'error', 'chunk ' .. chunk .. ' ' .. state .. ': ' .. body, now)
+      return
+    end
+  end
+  local h = redis.call('HMGET', jk, 'done', 'failed', 'total')
+  if tonumber(h[1]) + tonumber(h[2]) < tonumber(h[3]) then return end
+  local r = redis.call('HMGET', jk, 'queue', 'reduce_kind', 'priority', 'reduce_cost', 'tags',
+    'max_attempts', 'timeout_ms')
+  local rid = jid .. '-reduce'
+  new_task(rid, r[1], r[2], cjson.encode({ job = jid, chunks = tonumber(h[3]) }), r[3], r[4],
+    r[5], r[6], r[7], now, now, { 'job', jid, 'role', 'reduce' })
+  redis.call('HSET', jk, 'state', 'reducing', 'reduce_task', rid)
+  redis.call('RPUSH', jk .. ':tasks', rid)
 end
 
 -- Put a held task back in pending at its original order and take its cost off worker w
@@ -322,8 +428,8 @@ local function claim(w, given, max, now)
       -- handler first; recovery expires the lease if a hung worker never reports.
       redis.call('ZADD', key('deadlines'), now + tonumber(redis.call('HGET', tk, 'timeout_ms')), id)
       local r = redis.call('HMGET', tk, 'kind', 'payload', 'lease', 'cost', 'timeout_ms',
-        'max_attempts')
-      out[#out + 1] = { id, r[1], r[2], r[3], r[4], r[5], r[6], tostring(attempt) }
+        'max_attempts', 'role')
+      out[#out + 1] = { id, r[1], r[2], r[3], r[4], r[5], r[6], tostring(attempt), r[7] or '' }
     end
   end
   return out

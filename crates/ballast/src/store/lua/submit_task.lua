@@ -28,18 +28,10 @@ local delay, not_before = tonumber(ARGV[11] or '0'), tonumber(ARGV[12] or '0')
 if redis.call('EXISTS', tk) == 1 then return { 'exists' } end
 
 local now = now_ms()
-local order = fmt((1000 - priority) * ORDER_SHIFT + redis.call('INCR', key('seq')))
-redis.call('HSET', tk, 'id', id, 'queue', queue, 'kind', kind, 'payload', payload,
-  'priority', priority, 'cost', cost, 'tags', tags, 'max_attempts', max_attempts,
-  'timeout_ms', timeout_ms, 'state', 'pending', 'order', order, 'attempts', 0, 'lease', 0,
-  'submitted_at', now)
 local due = math.max(now + delay, not_before)
-if due > now then
-  redis.call('HSET', tk, 'state', 'scheduled', 'run_at', due)
-  redis.call('ZADD', key('scheduled'), due, id)
-  return { 'scheduled' }
-end
-redis.call('ZADD', key('pending'), order, id)
+local order = new_task(id, queue, kind, payload, priority, cost, tags, max_attempts, timeout_ms,
+  due, now, nil)
+if due > now then return { 'scheduled' } end
 place(now)
 
 local h = redis.call('HMGET', tk, 'state', 'worker')
