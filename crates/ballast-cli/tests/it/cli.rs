@@ -80,7 +80,7 @@ pub(crate) async fn worker_with(
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn worker");
-    let proc = WorkerProc(child);
+    let mut proc = WorkerProc(child);
     while !env
         .store
         .workers(queue)
@@ -89,6 +89,9 @@ pub(crate) async fn worker_with(
         .iter()
         .any(|w| w.id == id)
     {
+        if let Ok(Some(status)) = proc.0.try_wait() {
+            panic!("worker {id} exited before it registered: {status}");
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     proc

@@ -758,7 +758,6 @@ impl Store {
     pub async fn submit_job(&self, h: &JobHeader, total: usize) -> Result<()> {
         let p = prefix(&h.queue);
         let mut conn = self.conn.clone();
-        conn.sadd::<_, _, ()>(QUEUES_KEY, &h.queue).await?;
         let reply: Vec<String> = SUBMIT_JOB
             .key(format!("{p}job:{}", h.id))
             .arg(&p)
@@ -777,7 +776,10 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         match reply.first().map(String::as_str) {
-            Some("ok") => Ok(()),
+            Some("ok") => {
+                conn.sadd::<_, _, ()>(QUEUES_KEY, &h.queue).await?;
+                Ok(())
+            }
             Some("exists") => Err(Error::Corrupt(format!("job {} already exists", h.id))),
             Some("missing") => Err(Error::Corrupt(format!(
                 "job {}: {} of {total} chunks were staged",
