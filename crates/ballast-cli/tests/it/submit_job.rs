@@ -212,6 +212,13 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
         (JobState::Succeeded, Some(json!({"total": 3})))
     );
     assert!(rec.finished_at.is_some());
+    // Read by the reduce, the map results are dropped with the job's end.
+    let kept: bool = env
+        .raw
+        .exists(format!("{p}job:{jid}:results"))
+        .await
+        .expect("exists");
+    assert!(!kept);
     env.assert_sound(Q).await;
 }
 

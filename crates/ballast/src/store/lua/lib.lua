@@ -300,10 +300,12 @@ end
 
 local function job_key(jid) return P .. 'job:' .. jid end
 
--- End a job: record its outcome, stop its unfinished tasks, tell waiters.
+-- End a job: record its outcome, stop its unfinished tasks, tell waiters. Its map results
+-- are dropped: no reduce will read them any more, and they can be large.
 local function end_job(jid, state, field, body, now)
   local jk = job_key(jid)
   redis.call('HSET', jk, 'state', state, field, body, 'finished_at', now)
+  redis.call('DEL', jk .. ':results')
   redis.call('ZADD', key('jobs:done'), now, jid)
   for _, tid in ipairs(redis.call('LRANGE', jk .. ':tasks', 0, -1)) do cancel(tid, now) end
   redis.call('PUBLISH', key('events'), 'job:' .. jid)
