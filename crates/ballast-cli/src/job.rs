@@ -110,6 +110,7 @@ pub async fn run(url: &str, a: JobArgs) -> Result<(), CliError> {
             }
             if json {
                 let mut v = serde_json::to_value(&j).map_err(ballast::Error::from)?;
+                v["running"] = json!(by_state.get("running").copied().unwrap_or(0));
                 v["tasks"] = json!(by_state);
                 output::print_json(&v)
             } else {
