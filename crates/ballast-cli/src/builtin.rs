@@ -1,4 +1,4 @@
-//! The handlers every `ballast worker` knows: `noop`, `sleep`, `echo`, `fail`, `flaky`; for
+//! The handlers every `ballast worker` knows: `noop`, `sleep`, `echo`, `stamp`, `fail`, `flaky`; for
 //! jobs `wordcount` with the reducer `merge-counts`, and `sum` (map and reduce); and `exec`,
 //! which runs only programs the worker was started with `--allow-exec` for.
 
@@ -137,6 +137,14 @@ pub fn install(worker: Worker, allow: ExecAllow) -> Worker {
         })
         .handle("echo", |_: TaskContext, p: Value| async move {
             Ok::<_, TaskError>(p)
+        })
+        .handle("stamp", |_: TaskContext, _: Value| async {
+            // When the handler started, in microseconds since the epoch: `ballast bench`
+            // measures pickup latency with it.
+            let us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0));
+            Ok::<_, TaskError>(json!({ "started_us": us }))
         })
         .handle("fail", |_: TaskContext, p: Fail| async move {
             Err::<Value, _>(TaskError::retry(p.message))

@@ -1,5 +1,6 @@
 //! `ballast`: the command line for the ballast task scheduler.
 
+mod bench;
 mod builtin;
 mod commands;
 mod dead;
@@ -45,6 +46,9 @@ pub enum Command {
     Dead(dead::DeadArgs),
     /// Map-reduce jobs over a file's chunks (run, status, cancel).
     Job(job::JobArgs),
+    /// Measure throughput, latency, placement cost and scheduling quality on a private
+    /// redis-server (or --redis).
+    Bench(bench::BenchArgs),
     /// Run three workers of capacities 1, 2 and 4 on a mixed workload and show how load
     /// followed capacity. Starts a private redis-server unless --redis is given.
     Demo(demo::DemoArgs),
@@ -124,6 +128,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cancel(a) => commands::cancel(&url_or_default(), a).await,
         Command::Dead(a) => dead::run(&url_or_default(), a).await,
         Command::Job(a) => job::run(&url_or_default(), a).await,
+        Command::Bench(a) => bench::run(url, a).await,
         Command::Demo(a) => demo::run(url, a).await,
     }
 }

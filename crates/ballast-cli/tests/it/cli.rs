@@ -738,3 +738,23 @@ async fn a_task_failing_twice_succeeds_on_its_third_attempt_after_growing_gaps()
         gap(1)
     );
 }
+
+#[test]
+fn the_bench_runs_every_suite_and_prints_json() {
+    // Sizes only: speed is for `ballast bench` to show, not for a test to assert.
+    let out = Command::new(BIN)
+        .args(["bench", "--quick", "--json"])
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    for suite in ["submit", "drain", "latency", "placement", "balance"] {
+        assert!(v[suite].is_object(), "{suite} missing: {v}");
+    }
+    assert_eq!(v["submit"]["rows"][0]["tasks"], 2000);
+    assert_eq!(v["drain"]["rows"][0]["tasks"], 2000);
+}

@@ -8,7 +8,8 @@
 //! ARCHITECTURE.md; [`Store::check_queue`] verifies its invariants.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -260,6 +261,8 @@ fn state_key(p: &str, state: TaskState) -> String {
 pub struct Store {
     client: redis::Client,
     conn: ConnectionManager,
+    /// Whether submit_task.lua was loaded on this connection (pipelines need it loaded).
+    submit_loaded: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -277,7 +280,11 @@ impl Store {
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_connection_timeout(Some(Duration::from_secs(5)));
         let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
-        Ok(Store { client, conn })
+        Ok(Store {
+            client,
+            conn,
+            submit_loaded: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// Refuses a Redis that evicts keys under memory pressure: an evicted task record or
@@ -303,6 +310,15 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// The text of `INFO <section>`, for measurements (CPU, commands, memory).
+    pub async fn info(&self, section: &str) -> Result<String> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut conn)
+            .await?)
     }
 
     /// A connection of its own for blocking waits (a blocked command would hold up every
@@ -338,8 +354,28 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
-        // A pipelined EVALSHA does not fall back to EVAL, so the script is loaded first.
-        SUBMIT_TASK.prepare_invoke().load_async(&mut conn).await?;
+        // A pipelined EVALSHA does not fall back to EVAL, so the script is loaded first:
+        // once per handle, and again when Redis answers NOSCRIPT (it restarted).
+        if !self.submit_loaded.load(Ordering::Relaxed) {
+            SUBMIT_TASK.prepare_invoke().load_async(&mut conn).await?;
+            self.submit_loaded.store(true, Ordering::Relaxed);
+        }
+        match self.submit_pipeline(tasks, &mut conn).await {
+            Err(Error::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                SUBMIT_TASK.prepare_invoke().load_async(&mut conn).await?;
+                self.submit_pipeline(tasks, &mut conn).await
+            }
+            other => other,
+        }
+    }
+
+    async fn submit_pipeline(
+        &self,
+        tasks: &[(&TaskSpec, &Checked)],
+        conn: &mut ConnectionManager,
+    ) -> Result<Vec<Placement>> {
         let mut pipe = redis::pipe();
         let mut queues: Vec<&str> = tasks.iter().map(|(s, _)| s.queue.as_str()).collect();
         queues.dedup();
@@ -363,7 +399,7 @@ impl Store {
                 .arg(spec.delay_ms)
                 .arg(spec.not_before_ms);
         }
-        let replies: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        let replies: Vec<Vec<String>> = pipe.query_async(conn).await?;
         replies
             .into_iter()
             .map(|r| match r.first().map(String::as_str) {

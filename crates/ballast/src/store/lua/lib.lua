@@ -180,9 +180,11 @@ local function place(now)
   local budget, off = LOOKAHEAD, 0
   while budget > 0 and off < MAX_SCAN and max_free() > 0 do
     -- Placed and parked tasks leave pending; `off` counts those stepped over.
-    local ids = redis.call('ZRANGE', key('pending'), off, off + 31, 'WITHSCORES')
+    -- Without scores: formatting them costs more than the rest of the read, and only
+    -- parking (rare) needs one.
+    local ids = redis.call('ZRANGE', key('pending'), off, off + 31)
     if #ids == 0 then break end
-    for i = 1, #ids, 2 do
+    for i = 1, #ids do
       local id = ids[i]
       local h = redis.call('HMGET', task_key(id), 'cost', 'tags')
       local shape = h[2] .. '|' .. h[1]
@@ -204,8 +206,9 @@ local function place(now)
             off = off + 1
             if budget == 0 then return placed end
           else
+            local order = redis.call('ZSCORE', key('pending'), id)
             redis.call('ZREM', key('pending'), id)
-            redis.call('ZADD', key('parked'), ids[i + 1], id)
+            redis.call('ZADD', key('parked'), order, id)
           end
         end
       end
