@@ -112,6 +112,20 @@ pub struct TaskArgs {
     json: bool,
 }
 
+/// `ballast retention`.
+#[derive(Args, Debug)]
+pub struct RetentionArgs {
+    /// Queue.
+    #[arg(long)]
+    queue: String,
+    /// Succeeded (and cancelled) tasks to keep.
+    #[arg(long, default_value_t = 100_000)]
+    keep: u64,
+    /// How long to keep them.
+    #[arg(long, default_value = "7days", value_parser = parse_duration)]
+    age: Duration,
+}
+
 /// `ballast cancel`.
 #[derive(Args, Debug)]
 pub struct CancelArgs {
@@ -357,5 +371,19 @@ pub async fn cancel(url: &str, a: CancelArgs) -> Result<(), CliError> {
             return Err(CliError::Usage(format!("job {} already ended: {s}", a.id)))
         }
     }
+    Ok(())
+}
+
+pub async fn retention(url: &str, a: RetentionArgs) -> Result<(), CliError> {
+    ballast::task::check_name("queue", &a.queue).map_err(ballast::Error::from)?;
+    let store = Store::connect(url).await?;
+    store.set_retention(&a.queue, a.keep, a.age).await?;
+    println!(
+        "{}: keeping up to {} succeeded and {} cancelled tasks for {}",
+        a.queue,
+        a.keep,
+        a.keep,
+        humantime::format_duration(a.age)
+    );
     Ok(())
 }

@@ -42,6 +42,8 @@ pub enum Command {
     Status(commands::StatusArgs),
     /// Cancel a task: at once if it has not started, else its worker is told to stop it.
     Cancel(commands::CancelArgs),
+    /// Set how many finished tasks a queue keeps, and for how long.
+    Retention(commands::RetentionArgs),
     /// Dead letters: tasks that failed for good (ls, show, retry, purge).
     Dead(dead::DeadArgs),
     /// Map-reduce jobs over a file's chunks (run, status, cancel).
@@ -126,6 +128,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Tasks(a) => commands::tasks(&url_or_default(), a).await,
         Command::Status(a) => commands::status(&url_or_default(), a).await,
         Command::Cancel(a) => commands::cancel(&url_or_default(), a).await,
+        Command::Retention(a) => commands::retention(&url_or_default(), a).await,
         Command::Dead(a) => dead::run(&url_or_default(), a).await,
         Command::Job(a) => job::run(&url_or_default(), a).await,
         Command::Bench(a) => bench::run(url, a).await,

@@ -330,3 +330,28 @@ async fn a_draining_worker_finishes_but_claims_nothing_more() {
     assert!(env.zscores(Q, "free").await.is_empty());
     env.assert_sound(Q).await;
 }
+
+#[tokio::test]
+async fn finished_tasks_beyond_the_retention_are_deleted_as_new_ones_finish() {
+    let mut env = Env::start().await;
+    env.store
+        .set_retention(Q, 3, std::time::Duration::from_secs(3600))
+        .await
+        .expect("retention");
+    env.register(Q, "w", 1, &[]).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let id = env.submit(crate::harness::task(Q, 1)).await;
+        let t = env.claim(Q, "w", 1).await.remove(0);
+        env.finish(Q, "w", &t, 0).await;
+        ids.push(id);
+    }
+    // The three newest are kept; the older records are gone with their index entries.
+    let mut kept = env.zrange(Q, "succeeded").await;
+    kept.sort();
+    assert_eq!(kept, ids[3..].to_vec());
+    for old in &ids[..3] {
+        assert!(env.task_hash(Q, old).await.is_empty(), "{old} kept");
+    }
+    env.assert_sound(Q).await;
+}

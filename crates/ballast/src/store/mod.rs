@@ -312,6 +312,49 @@ impl Store {
         }
     }
 
+    /// How many succeeded (and, separately, cancelled) tasks the queue keeps and for how
+    /// long; older ones are deleted a few at a time as new tasks finish. Defaults: 100,000
+    /// and 7 days. Dead letters are kept until retried or purged.
+    pub async fn set_retention(&self, queue: &str, count: u64, age: Duration) -> Result<()> {
+        let mut conn = self.conn.clone();
+        conn.hset_multiple::<_, _, _, ()>(
+            format!("{}retention", prefix(queue)),
+            &[
+                ("count", count),
+                ("ms", u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// For benchmarks only: places the queue's tasks with a baseline policy instead of
+    /// ballast's (`count`, `safe` with `unit` = the largest cost, `round-robin`, `random`),
+    /// or with ballast's again when `policy` is `None`. Baselines may oversubscribe workers.
+    pub async fn set_bench_policy(
+        &self,
+        queue: &str,
+        policy: Option<&str>,
+        unit: i64,
+    ) -> Result<()> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        match policy {
+            Some(name) => {
+                redis::pipe()
+                    .set(format!("{p}policy"), name)
+                    .set(format!("{p}policy_unit"), unit)
+                    .query_async::<()>(&mut conn)
+                    .await?
+            }
+            None => {
+                conn.del::<_, ()>(&[format!("{p}policy"), format!("{p}policy_unit")])
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
     /// The text of `INFO <section>`, for measurements (CPU, commands, memory).
     pub async fn info(&self, section: &str) -> Result<String> {
         let mut conn = self.conn.clone();

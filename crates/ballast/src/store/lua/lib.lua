@@ -175,7 +175,51 @@ end
 -- MAX_SCAN tasks besides those it parks (a parked task leaves pending, so it is read once).
 -- A task that no accepting worker could ever run is parked until a new worker joins.
 -- Returns the number of tasks placed.
+-- Baseline policies, for `ballast bench` only (a queue gets one by setting P .. 'policy'):
+-- they place with the same code paths so that the comparison with place() is fair.
+--   count: a worker takes tasks while it holds fewer than `capacity` of them (a pull with
+--          concurrency = capacity: cost ignored);
+--   safe:  the same with concurrency = floor(capacity / P .. 'policy_unit') (the largest
+--          cost), which never oversubscribes;
+--   round-robin / random: every pending task at once, to the next or a random worker,
+--          whatever its load.
+local function place_baseline(policy, now)
+  local workers = redis.call('ZRANGE', cap_key(), 0, -1)
+  if #workers == 0 then return 0 end
+  table.sort(workers)
+  local unit = tonumber(redis.call('GET', key('policy_unit')) or '1')
+  local placed = 0
+  while placed < MAX_PLACE do
+    local id = redis.call('ZRANGE', key('pending'), 0, 0)[1]
+    if not id then break end
+    local cost = tonumber(redis.call('HGET', task_key(id), 'cost'))
+    local w
+    if policy == 'round-robin' then
+      w = workers[(redis.call('INCR', key('policy_rr')) % #workers) + 1]
+    elseif policy == 'random' then
+      local t = redis.call('TIME')
+      local r = redis.call('INCR', key('policy_rr')) * 2654435761 + tonumber(t[2])
+      w = workers[(r % #workers) + 1]
+    else
+      local best, room = nil, 0
+      for _, c in ipairs(workers) do
+        local slots = tonumber(redis.call('HGET', worker_key(c), 'capacity'))
+        if policy == 'safe' then slots = math.floor(slots / unit) end
+        local free = slots - redis.call('SCARD', held_key(c))
+        if free > room then best, room = c, free end
+      end
+      w = best
+    end
+    if not w then break end
+    assign(id, w, cost, now)
+    placed = placed + 1
+  end
+  return placed
+end
+
 local function place(now)
+  local policy = redis.call('GET', key('policy'))
+  if policy then return place_baseline(policy, now) end
   local placed, reserved, blocked = 0, {}, {}
   local budget, off = LOOKAHEAD, 0
   while budget > 0 and off < MAX_SCAN and max_free() > 0 do
@@ -244,11 +288,37 @@ end
 -- Defined below: what a job does when one of its tasks ends.
 local job_task_settled
 
+-- Default retention of succeeded and cancelled tasks; P .. 'retention' (fields `count` and
+-- `ms`) overrides it per queue. Dead letters (failed) are kept until retried or purged.
+local RETAIN_COUNT = 100000
+local RETAIN_MS = 7 * 24 * 3600 * 1000
+
+-- Drop at most two of the oldest finished tasks past the queue's retention: a little work
+-- at every finish keeps the set at its bound (it shrinks back after a burst) with no
+-- sweeper and no long call.
+local function trim_finished(state, now)
+  local r = redis.call('HMGET', key('retention'), 'count', 'ms')
+  local max_count, max_ms = tonumber(r[1]) or RETAIN_COUNT, tonumber(r[2]) or RETAIN_MS
+  local victims = redis.call('ZRANGEBYSCORE', key(state), '-inf', '(' .. fmt(now - max_ms),
+    'LIMIT', 0, 2)
+  if #victims < 2 then
+    local excess = redis.call('ZCARD', key(state)) - max_count
+    if excess > 0 then
+      victims = redis.call('ZRANGE', key(state), 0, math.min(excess, 2) - 1)
+    end
+  end
+  for _, old in ipairs(victims) do
+    redis.call('ZREM', key(state), old)
+    redis.call('DEL', task_key(old))
+  end
+end
+
 local function settle(id, state, field, body, now)
   redis.call('HSET', task_key(id), 'state', state, 'finished_at', now, field, body)
   redis.call('ZADD', key(state), now, id)
   redis.call('PUBLISH', key('events'), id)
   job_task_settled(id, state, body, now)
+  if state ~= 'failed' then trim_finished(state, now) end
 end
 
 -- Store a new task record and queue it (pending, or scheduled when `due` is ahead). `extra`
