@@ -617,3 +617,19 @@ async fn work_goes_on_across_a_redis_restart() {
     run_b.await.expect("join").expect("run b");
     env.assert_sound("q").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_right_after_a_redis_restart_goes_through() {
+    let mut env = Env::start_with(&["--appendonly", "yes"]).await;
+    let spec = TaskSpec::new("q", "add");
+    env.client.submit(&spec).await.expect("submit");
+    env.restart_redis();
+    // The first call meets the dropped connection; the store tries again behind it.
+    let c = env.store.counts("q").await.expect("counts after restart");
+    assert_eq!(c.pending, 1);
+    let again = TaskSpec::new("q", "add");
+    assert_eq!(
+        env.client.submit(&again).await.expect("submit"),
+        ballast::Placement::Pending
+    );
+}

@@ -355,6 +355,32 @@ impl Store {
         Ok(())
     }
 
+    /// Runs a call that is safe to repeat, again after a short pause when the connection
+    /// dropped: the connection manager reconnects behind the first failure (a Redis restart,
+    /// a failover), so the caller does not see that one error.
+    async fn again<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..4 {
+            match call().await {
+                Err(Error::Redis(e))
+                    if e.is_connection_dropped()
+                        || e.is_io_error()
+                        || e.is_connection_refusal() =>
+                {
+                    tracing::debug!(error = %e, "redis connection dropped; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+        call().await
+    }
+
     /// The text of `INFO <section>`, for measurements (CPU, commands, memory).
     pub async fn info(&self, section: &str) -> Result<String> {
         let mut conn = self.conn.clone();
@@ -393,6 +419,10 @@ impl Store {
     /// Stores many checked tasks in one pipelined round trip; each is placed as it lands.
     /// A task whose id is already stored is left as it is (a retried batch is harmless).
     pub async fn submit_tasks(&self, tasks: &[(&TaskSpec, &Checked)]) -> Result<Vec<Placement>> {
+        self.again(|| self.submit_tasks_once(tasks)).await
+    }
+
+    async fn submit_tasks_once(&self, tasks: &[(&TaskSpec, &Checked)]) -> Result<Vec<Placement>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -457,6 +487,10 @@ impl Store {
 
     /// Reads a task's record, or `None` when the queue has no such task.
     pub async fn task(&self, queue: &str, id: &str) -> Result<Option<TaskRecord>> {
+        self.again(|| self.task_once(queue, id)).await
+    }
+
+    async fn task_once(&self, queue: &str, id: &str) -> Result<Option<TaskRecord>> {
         let mut conn = self.conn.clone();
         let h: HashMap<String, String> =
             conn.hgetall(format!("{}task:{id}", prefix(queue))).await?;
@@ -468,6 +502,14 @@ impl Store {
 
     /// Reads many records of one queue in pipelined batches; `None` where a task is unknown.
     pub async fn task_records(
+        &self,
+        queue: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<TaskRecord>>> {
+        self.again(|| self.task_records_once(queue, ids)).await
+    }
+
+    async fn task_records_once(
         &self,
         queue: &str,
         ids: &[String],
@@ -510,6 +552,15 @@ impl Store {
         state: Option<TaskState>,
         limit: usize,
     ) -> Result<Vec<TaskRecord>> {
+        self.again(|| self.tasks_once(queue, state, limit)).await
+    }
+
+    async fn tasks_once(
+        &self,
+        queue: &str,
+        state: Option<TaskState>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let states: Vec<TaskState> = state.map_or(TaskState::ALL.to_vec(), |s| vec![s]);
@@ -545,6 +596,10 @@ impl Store {
 
     /// Task counts by state.
     pub async fn counts(&self, queue: &str) -> Result<QueueCounts> {
+        self.again(|| self.counts_once(queue)).await
+    }
+
+    async fn counts_once(&self, queue: &str) -> Result<QueueCounts> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
@@ -567,6 +622,10 @@ impl Store {
 
     /// Known queue names, sorted.
     pub async fn queues(&self) -> Result<Vec<String>> {
+        self.again(|| self.queues_once()).await
+    }
+
+    async fn queues_once(&self) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
         let mut q: Vec<String> = conn.smembers(QUEUES_KEY).await?;
         q.sort();
@@ -575,6 +634,10 @@ impl Store {
 
     /// Records of the queue's registered workers, sorted by id.
     pub async fn workers(&self, queue: &str) -> Result<Vec<WorkerRecord>> {
+        self.again(|| self.workers_once(queue)).await
+    }
+
+    async fn workers_once(&self, queue: &str) -> Result<Vec<WorkerRecord>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let mut ids: Vec<String> = conn.smembers(format!("{p}workers")).await?;
@@ -871,6 +934,10 @@ impl Store {
 
     /// A job's record, or `None` when the queue has no such job.
     pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobRecord>> {
+        self.again(|| self.job_once(queue, id)).await
+    }
+
+    async fn job_once(&self, queue: &str, id: &str) -> Result<Option<JobRecord>> {
         let mut conn = self.conn.clone();
         let h: HashMap<String, String> = conn.hgetall(format!("{}job:{id}", prefix(queue))).await?;
         if h.is_empty() {
