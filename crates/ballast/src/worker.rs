@@ -22,7 +22,7 @@ use crate::heartbeat::Heartbeat;
 use crate::job::MapResults;
 use crate::promotion::Promotion;
 use crate::recovery::Recovery;
-use crate::store::{ClaimedTask, Finish, Leave, Outcome, Store};
+use crate::store::{ClaimedTask, Leave, Outcome, Store};
 use crate::task::{check_name, check_tags, CAPACITY_MAX};
 
 /// Longest a blocking inbox wait lasts before it is renewed.
@@ -240,6 +240,10 @@ impl Worker {
         let (in_flight, _) = watch::channel(0usize);
         let lost = Arc::new(Notify::new());
         let (cancel_tx, cancel_rx) = mpsc::unbounded_channel();
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        // The reporter outlives the other loops: it must tell the outcomes of the tasks
+        // that finish during the shutdown, so it has a stop signal of its own.
+        let (report_stop_tx, report_stop_rx) = watch::channel(false);
         let runner = Arc::new(Runner {
             slots: Arc::new(Semaphore::new(usize::try_from(self.capacity).unwrap_or(1))),
             claim_max: usize::try_from(self.capacity).unwrap_or(1),
@@ -256,6 +260,7 @@ impl Worker {
             running: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),
             abandon: AtomicBool::new(false),
+            reports: report_tx,
         });
         let heartbeat = tokio::spawn(
             Heartbeat {
@@ -287,6 +292,7 @@ impl Worker {
             .run(stop_rx.clone()),
         );
         let fetch = tokio::spawn(Arc::clone(&runner).fetch(stop_rx.clone()));
+        let reporter = tokio::spawn(Arc::clone(&runner).report(report_rx, report_stop_rx));
         let mut rejoin = tokio::spawn(Arc::clone(&runner).control(lost, cancel_rx, stop_rx));
 
         let fatal = tokio::select! {
@@ -331,6 +337,8 @@ impl Worker {
                     .leave_worker(&runner.queue, &runner.worker, Leave::Remove)
             })
             .await;
+        report_stop_tx.send_replace(true);
+        let _ = reporter.await;
         let _ = heartbeat.await;
         let _ = recovery.await;
         let _ = promotion.await;
@@ -362,6 +370,17 @@ where
     }
 }
 
+/// Most ended tasks reported in one call.
+const REPORT_BATCH: usize = 256;
+
+/// An ended task on its way to Redis, holding its capacity units until it is recorded.
+struct Report {
+    task: ClaimedTask,
+    outcome: Outcome,
+    // The semaphore is never closed, so this is always Some.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// The running part of a worker, shared by the fetch loop and the task futures.
 struct Runner {
     store: Store,
@@ -384,6 +403,8 @@ struct Runner {
     cancelled: Mutex<HashSet<String>>,
     /// Set when the grace period ran out: outcomes are no longer reported.
     abandon: AtomicBool,
+    /// Ended tasks, for the reporter.
+    reports: mpsc::UnboundedSender<Report>,
 }
 
 impl Runner {
@@ -540,30 +561,63 @@ impl Runner {
                 self.in_flight.send_modify(|n| *n -= 1);
                 return;
             }
-            let finish = self
-                .retry("finish", || {
-                    self.store.finish_task(
-                        &self.queue,
-                        &self.worker,
-                        &task,
-                        &outcome,
-                        self.claim_max,
-                    )
-                })
-                .await;
-            drop(permit);
-            match finish {
-                Finish::Recorded(next) => {
-                    for t in next {
-                        Arc::clone(&self).start(t);
-                    }
-                }
-                Finish::Stale => {
-                    tracing::warn!(task = %task.id, "task was taken back; its outcome is dropped")
+            // The reporter sends it with whatever else ended meanwhile; the permit goes
+            // with it and is released once Redis has freed the units.
+            if let Err(unsent) = self.reports.send(Report {
+                task,
+                outcome,
+                _permit: permit.ok(),
+            }) {
+                // Only when the reporter is gone, after shutdown: nothing left to tell.
+                drop(unsent);
+                self.in_flight.send_modify(|n| *n -= 1);
+            }
+        });
+    }
+
+    /// Reports ended tasks: waits for one, takes every other one already waiting (up to
+    /// REPORT_BATCH), records them all in one `finish_tasks` call, and starts the tasks that
+    /// call hands back. Under load reports group themselves; when idle each goes at once.
+    async fn report(
+        self: Arc<Self>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let first = tokio::select! {
+                r = reports.recv() => r,
+                _ = stopped(&mut stop) => None,
+            };
+            let Some(first) = first else { return };
+            let mut batch = vec![first];
+            while batch.len() < REPORT_BATCH {
+                match reports.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
             }
-            self.in_flight.send_modify(|n| *n -= 1);
-        });
+            let n = batch.len();
+            if !self.abandon.load(Ordering::SeqCst) {
+                let pairs: Vec<(&ClaimedTask, &Outcome)> =
+                    batch.iter().map(|r| (&r.task, &r.outcome)).collect();
+                let (recorded, next) = self
+                    .retry("finish", || {
+                        self.store
+                            .finish_tasks(&self.queue, &self.worker, &pairs, self.claim_max)
+                    })
+                    .await;
+                for (r, ok) in batch.iter().zip(recorded) {
+                    if !ok {
+                        tracing::warn!(task = %r.task.id, "task was taken back; its outcome is dropped");
+                    }
+                }
+                drop(batch);
+                for t in next {
+                    Arc::clone(&self).start(t);
+                }
+            }
+            self.in_flight.send_modify(|v| *v -= n);
+        }
     }
 
     /// Runs the handler under the task's timeout; a panic or a timeout is a failure.

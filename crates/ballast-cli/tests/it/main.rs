@@ -8,6 +8,7 @@ mod chaos;
 mod claim_tasks;
 mod cli;
 mod finish_task;
+mod finish_tasks;
 mod heartbeat_worker;
 mod jobs;
 mod leave_worker;

@@ -36,6 +36,8 @@ static CLAIM_TASKS: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/claim_tasks.lua")));
 static FINISH_TASK: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/finish_task.lua")));
+static FINISH_TASKS: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/finish_tasks.lua")));
 static LEAVE_WORKER: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/leave_worker.lua")));
 static RECOVER_WORKERS: LazyLock<Script> =
@@ -51,6 +53,16 @@ static PURGE_DEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/
 
 /// The error recorded on a task stopped by a cancel request.
 const CANCELLED: &str = "cancelled while running";
+
+/// An outcome as the finish scripts take it: name, result or error, retry delay.
+fn outcome_args(outcome: &Outcome) -> (&'static str, &str, Duration) {
+    match outcome {
+        Outcome::Succeeded(r) => ("succeeded", r.as_str(), Duration::ZERO),
+        Outcome::Retry { error, delay } => ("retry", error.as_str(), *delay),
+        Outcome::Failed(e) => ("failed", e.as_str(), Duration::ZERO),
+        Outcome::Cancelled => ("cancelled", CANCELLED, Duration::ZERO),
+    }
+}
 
 /// The set of queue names (a directory for `status`; outside any queue's slot).
 const QUEUES_KEY: &str = "ballast:queues";
@@ -757,12 +769,7 @@ impl Store {
         claim_max: usize,
     ) -> Result<Finish> {
         let p = prefix(queue);
-        let (state, body, delay) = match outcome {
-            Outcome::Succeeded(r) => ("succeeded", r.as_str(), Duration::ZERO),
-            Outcome::Retry { error, delay } => ("retry", error.as_str(), *delay),
-            Outcome::Failed(e) => ("failed", e.as_str(), Duration::ZERO),
-            Outcome::Cancelled => ("cancelled", CANCELLED, Duration::ZERO),
-        };
+        let (state, body, delay) = outcome_args(outcome);
         let mut conn = self.conn.clone();
         let (status, rows): (String, Vec<Vec<String>>) = FINISH_TASK
             .key(format!("{p}task:{}", task.id))
@@ -781,6 +788,36 @@ impl Store {
             "stale" => Ok(Finish::Stale),
             _ => Err(Error::Corrupt(format!("finish_task replied {status:?}"))),
         }
+    }
+
+    /// Records the outcomes of many tasks of one worker in one call, then places what now
+    /// fits and claims up to `claim_max` of the worker's next tasks. Returns, per report,
+    /// whether it was recorded (false: stale, the task was taken back), and the claimed
+    /// tasks.
+    pub async fn finish_tasks(
+        &self,
+        queue: &str,
+        worker: &str,
+        reports: &[(&ClaimedTask, &Outcome)],
+        claim_max: usize,
+    ) -> Result<(Vec<bool>, Vec<ClaimedTask>)> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let mut call = FINISH_TASKS.key(format!("{p}worker:{worker}"));
+        call.arg(&p).arg(worker).arg(claim_max);
+        for (task, outcome) in reports {
+            let (state, body, delay) = outcome_args(outcome);
+            call.arg(&task.id)
+                .arg(task.lease)
+                .arg(state)
+                .arg(body)
+                .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        }
+        let (recorded, rows): (Vec<i64>, Vec<Vec<String>>) = call.invoke_async(&mut conn).await?;
+        Ok((
+            recorded.into_iter().map(|r| r == 1).collect(),
+            ClaimedTask::from_rows(rows)?,
+        ))
     }
 
     /// Drains or removes a worker; returns how many tasks it handed back.

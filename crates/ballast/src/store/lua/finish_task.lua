@@ -19,42 +19,11 @@
 -- under this lease (it was taken back): nothing is written then. `claimed` has the shape
 -- claim_tasks.lua returns. Publishes the task id on P .. 'events' when it is final.
 
-local tk = KEYS[1]
 local w, id, lease, outcome, body = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local claim_max, delay = tonumber(ARGV[7]), tonumber(ARGV[8] or '0')
 
-local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'attempts', 'max_attempts',
-  'started_at')
-if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return { 'stale', {} } end
-
 local now = now_ms()
-local attempts, max_attempts = tonumber(h[5]), tonumber(h[6])
-redis.call('ZREM', key('running'), id)
-redis.call('ZREM', key('deadlines'), id)
-redis.call('SREM', held_key(w), id)
-redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[4]))
-redis.call('HINCRBY', worker_key(w), 'finished', 1)
-redis.call('SREM', worker_key(w) .. ':cancel', id)
-index_worker(w)
-
--- A retry with no attempts left is the task's last failure.
-if outcome == 'retry' and attempts >= max_attempts then outcome = 'failed' end
-local entry = { attempt = attempts, worker = w, started_at = tonumber(h[7]), finished_at = now,
-  outcome = outcome }
-if outcome ~= 'succeeded' then entry.error = body end
-append_history(tk, entry)
-
-if outcome == 'succeeded' then
-  settle(id, 'succeeded', 'result', body, now)
-elseif outcome == 'cancelled' then
-  settle(id, 'cancelled', 'error', body, now)
-elseif outcome == 'retry' then
-  local due = now + delay
-  redis.call('HSET', tk, 'state', 'scheduled', 'error', body, 'run_at', due)
-  redis.call('ZADD', key('scheduled'), due, id)
-else
-  settle(id, 'failed', 'error', body, now)
-end
+if not finish_one(w, id, lease, outcome, body, delay, now) then return { 'stale', {} } end
 place(now)
 
 local claimed = {}

@@ -510,4 +510,41 @@ local function claim(w, given, max, now)
   return out
 end
 
+-- Record how one attempt of task `id` on worker w ended (see finish_task.lua for the
+-- outcomes), free its cost, and settle or reschedule it. Returns false, writing nothing,
+-- when the task is no longer running on w under `lease` (it was taken back). The caller
+-- places and claims afterwards, once for however many tasks it finishes.
+local function finish_one(w, id, lease, outcome, body, delay, now)
+  local tk = task_key(id)
+  local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'attempts',
+    'max_attempts', 'started_at')
+  if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return false end
+  local attempts, max_attempts = tonumber(h[5]), tonumber(h[6])
+  redis.call('ZREM', key('running'), id)
+  redis.call('ZREM', key('deadlines'), id)
+  redis.call('SREM', held_key(w), id)
+  redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[4]))
+  redis.call('HINCRBY', worker_key(w), 'finished', 1)
+  redis.call('SREM', worker_key(w) .. ':cancel', id)
+  index_worker(w)
+  -- A retry with no attempts left is the task's last failure.
+  if outcome == 'retry' and attempts >= max_attempts then outcome = 'failed' end
+  local entry = { attempt = attempts, worker = w, started_at = tonumber(h[7]), finished_at = now,
+    outcome = outcome }
+  if outcome ~= 'succeeded' then entry.error = body end
+  append_history(tk, entry)
+  if outcome == 'succeeded' then
+    settle(id, 'succeeded', 'result', body, now)
+  elseif outcome == 'cancelled' then
+    settle(id, 'cancelled', 'error', body, now)
+  elseif outcome == 'retry' then
+    local due = now + delay
+    redis.call('HSET', tk, 'state', 'scheduled', 'error', body, 'run_at', due)
+    redis.call('ZADD', key('scheduled'), due, id)
+  else
+    settle(id, 'failed', 'error', body, now)
+  end
+  return true
+end
+
 -- ---- script body ----

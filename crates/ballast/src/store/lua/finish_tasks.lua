@@ -1,0 +1,29 @@
+-- finish_tasks.lua: finish_task.lua for many tasks of one worker at once: every outcome
+-- recorded, then one placement pass and one claim of the worker's next tasks. A worker
+-- reports what ended since its last report in one call, so the fixed cost of a call and of
+-- a placement pass is shared by all of them.
+--
+-- KEYS[1] hash    the worker record, P .. 'worker:' .. id
+-- ARGV[1] string  queue prefix P = "ballast:{queue}:"
+-- ARGV[2] string  worker id
+-- ARGV[3] int     most tasks to claim for this worker afterwards (0 for none)
+-- ARGV[4..] five per task: id, lease, outcome ("succeeded", "retry", "failed",
+--                 "cancelled"), result JSON or error message, retry delay in ms
+--
+-- Returns {recorded, claimed}: recorded[i] is 1, or 0 when task i was stale (taken back,
+-- nothing written for it); claimed has the shape claim_tasks.lua returns.
+
+local w, claim_max = ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local recorded = {}
+for i = 4, #ARGV, 5 do
+  local ok = finish_one(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]),
+    now)
+  recorded[#recorded + 1] = ok and 1 or 0
+end
+place(now)
+local claimed = {}
+if claim_max > 0 and redis.call('HGET', KEYS[1], 'state') == 'active' then
+  claimed = claim(w, {}, claim_max, now)
+end
+return { recorded, claimed }
