@@ -18,5 +18,6 @@ mod recover_workers;
 mod register_worker;
 mod submit_job;
 mod submit_task;
+mod submit_tasks;
 mod validation;
 mod worker;

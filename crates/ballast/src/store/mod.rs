@@ -8,8 +8,7 @@
 //! ARCHITECTURE.md; [`Store::check_queue`] verifies its invariants.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -28,6 +27,8 @@ fn script(body: &str) -> Script {
 
 static SUBMIT_TASK: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/submit_task.lua")));
+static SUBMIT_TASKS: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/submit_tasks.lua")));
 static REGISTER_WORKER: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/register_worker.lua")));
 static HEARTBEAT_WORKER: LazyLock<Script> =
@@ -53,6 +54,17 @@ static PURGE_DEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/
 
 /// The error recorded on a task stopped by a cancel request.
 const CANCELLED: &str = "cancelled while running";
+
+/// A submit script's reply for one task.
+fn placement(r: &[String]) -> Result<Placement> {
+    match r.first().map(String::as_str) {
+        Some("assigned") => Ok(Placement::Assigned(r.get(1).cloned().unwrap_or_default())),
+        Some("parked") => Ok(Placement::Parked),
+        Some("scheduled") => Ok(Placement::Scheduled),
+        Some("pending" | "exists") => Ok(Placement::Pending),
+        _ => Err(Error::Corrupt(format!("submit replied {r:?}"))),
+    }
+}
 
 /// An outcome as the finish scripts take it: name, result or error, retry delay.
 fn outcome_args(outcome: &Outcome) -> (&'static str, &str, Duration) {
@@ -273,8 +285,8 @@ fn state_key(p: &str, state: TaskState) -> String {
 pub struct Store {
     client: redis::Client,
     conn: ConnectionManager,
-    /// Whether submit_task.lua was loaded on this connection (pipelines need it loaded).
-    submit_loaded: Arc<AtomicBool>,
+    /// Queues this handle already added to the directory of queues.
+    known_queues: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -295,7 +307,7 @@ impl Store {
         Ok(Store {
             client,
             conn,
-            submit_loaded: Arc::new(AtomicBool::new(false)),
+            known_queues: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -421,80 +433,86 @@ impl Store {
 
     /// Stores a checked task and places it. `submit_tasks` does many in one round trip.
     pub async fn submit_task(&self, spec: &TaskSpec, checked: &Checked) -> Result<Placement> {
-        Ok(self
-            .submit_tasks(&[(spec, checked)])
-            .await?
-            .pop()
-            .unwrap_or(Placement::Pending))
+        self.again(|| self.submit_task_once(spec, checked)).await
     }
 
-    /// Stores many checked tasks in one pipelined round trip; each is placed as it lands.
-    /// A task whose id is already stored is left as it is (a retried batch is harmless).
+    async fn submit_task_once(&self, spec: &TaskSpec, checked: &Checked) -> Result<Placement> {
+        let mut conn = self.conn.clone();
+        self.remember_queue(&spec.queue, &mut conn).await?;
+        let p = prefix(&spec.queue);
+        let reply: Vec<String> = SUBMIT_TASK
+            .key(format!("{p}task:{}", spec.id))
+            .arg(&p)
+            .arg(&spec.id)
+            .arg(&spec.queue)
+            .arg(&spec.kind)
+            .arg(&checked.payload)
+            .arg(spec.priority)
+            .arg(spec.cost)
+            .arg(checked.tags.join(","))
+            .arg(spec.max_attempts)
+            .arg(spec.timeout_ms)
+            .arg(spec.delay_ms)
+            .arg(spec.not_before_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        placement(&reply)
+    }
+
+    /// Stores many checked tasks, a script call per run of tasks of one queue (1,000 at
+    /// most), then places them. A task whose id is already stored is left as it is (a
+    /// retried batch is harmless).
     pub async fn submit_tasks(&self, tasks: &[(&TaskSpec, &Checked)]) -> Result<Vec<Placement>> {
         self.again(|| self.submit_tasks_once(tasks)).await
     }
 
     async fn submit_tasks_once(&self, tasks: &[(&TaskSpec, &Checked)]) -> Result<Vec<Placement>> {
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut conn = self.conn.clone();
-        // A pipelined EVALSHA does not fall back to EVAL, so the script is loaded first:
-        // once per handle, and again when Redis answers NOSCRIPT (it restarted).
-        if !self.submit_loaded.load(Ordering::Relaxed) {
-            SUBMIT_TASK.prepare_invoke().load_async(&mut conn).await?;
-            self.submit_loaded.store(true, Ordering::Relaxed);
-        }
-        match self.submit_pipeline(tasks, &mut conn).await {
-            Err(Error::Redis(e))
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                SUBMIT_TASK.prepare_invoke().load_async(&mut conn).await?;
-                self.submit_pipeline(tasks, &mut conn).await
+        let mut out = Vec::with_capacity(tasks.len());
+        // One script call per run of tasks of one queue (a queue is one slot), 1,000 at most.
+        for run in tasks.chunk_by(|a, b| a.0.queue == b.0.queue) {
+            let queue = &run[0].0.queue;
+            self.remember_queue(queue, &mut conn).await?;
+            let p = prefix(queue);
+            for chunk in run.chunks(1000) {
+                let mut call = SUBMIT_TASKS.key(format!("{p}pending"));
+                call.arg(&p).arg(queue);
+                for (spec, checked) in chunk {
+                    call.arg(&spec.id)
+                        .arg(&spec.kind)
+                        .arg(&checked.payload)
+                        .arg(spec.priority)
+                        .arg(spec.cost)
+                        .arg(checked.tags.join(","))
+                        .arg(spec.max_attempts)
+                        .arg(spec.timeout_ms)
+                        .arg(spec.delay_ms)
+                        .arg(spec.not_before_ms);
+                }
+                let replies: Vec<Vec<String>> = call.invoke_async(&mut conn).await?;
+                for r in replies {
+                    out.push(placement(&r)?);
+                }
             }
-            other => other,
         }
+        Ok(out)
     }
 
-    async fn submit_pipeline(
-        &self,
-        tasks: &[(&TaskSpec, &Checked)],
-        conn: &mut ConnectionManager,
-    ) -> Result<Vec<Placement>> {
-        let mut pipe = redis::pipe();
-        let mut queues: Vec<&str> = tasks.iter().map(|(s, _)| s.queue.as_str()).collect();
-        queues.dedup();
-        pipe.sadd(QUEUES_KEY, queues).ignore();
-        for (spec, checked) in tasks {
-            let p = prefix(&spec.queue);
-            pipe.cmd("EVALSHA")
-                .arg(SUBMIT_TASK.get_hash())
-                .arg(1)
-                .arg(format!("{p}task:{}", spec.id))
-                .arg(&p)
-                .arg(&spec.id)
-                .arg(&spec.queue)
-                .arg(&spec.kind)
-                .arg(&checked.payload)
-                .arg(spec.priority)
-                .arg(spec.cost)
-                .arg(checked.tags.join(","))
-                .arg(spec.max_attempts)
-                .arg(spec.timeout_ms)
-                .arg(spec.delay_ms)
-                .arg(spec.not_before_ms);
+    /// Adds a queue to the directory of queues the first time this handle submits to it.
+    async fn remember_queue(&self, queue: &str, conn: &mut ConnectionManager) -> Result<()> {
+        let known = self
+            .known_queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(queue);
+        if !known {
+            conn.sadd::<_, _, ()>(QUEUES_KEY, queue).await?;
+            self.known_queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(queue.to_string());
         }
-        let replies: Vec<Vec<String>> = pipe.query_async(conn).await?;
-        replies
-            .into_iter()
-            .map(|r| match r.first().map(String::as_str) {
-                Some("assigned") => Ok(Placement::Assigned(r.get(1).cloned().unwrap_or_default())),
-                Some("parked") => Ok(Placement::Parked),
-                Some("scheduled") => Ok(Placement::Scheduled),
-                Some("pending" | "exists") => Ok(Placement::Pending),
-                _ => Err(Error::Corrupt(format!("submit_task replied {r:?}"))),
-            })
-            .collect()
+        Ok(())
     }
 
     /// Reads a task's record, or `None` when the queue has no such task.

@@ -547,4 +547,35 @@ local function finish_one(w, id, lease, outcome, body, delay, now)
   return true
 end
 
+-- Store one submitted task (ARGV-style strings). Returns "exists" when the id is taken
+-- (nothing written), "scheduled" when its time is ahead, or nil: pending, to be placed and
+-- then told with submitted_placement().
+local function submit_one(id, queue, kind, payload, priority, cost, tags, max_attempts,
+                          timeout_ms, delay, not_before, now)
+  if redis.call('EXISTS', task_key(id)) == 1 then return 'exists' end
+  local due = math.max(now + tonumber(delay), tonumber(not_before))
+  new_task(id, queue, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due, now,
+    nil)
+  if due > now then return 'scheduled' end
+  return nil
+end
+
+-- Where a task submitted as pending went once placement ran: {"assigned", worker},
+-- {"parked"} or {"pending"}. place() does not run while every worker is full, so a task
+-- no live worker could ever run is parked here all the same and `parked` means the same
+-- whatever the load; with no worker at all it stays pending (nothing can yet be incapable
+-- of running it).
+local function submitted_placement(id)
+  local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', 'tags')
+  if h[1] == 'assigned' then return { 'assigned', h[2] } end
+  local order = redis.call('ZSCORE', key('pending'), id)
+  if not order then return { h[1] == 'pending' and 'parked' or h[1] } end
+  if redis.call('EXISTS', cap_key()) == 1 and not capable(tonumber(h[3]), split_tags(h[4])) then
+    redis.call('ZREM', key('pending'), id)
+    redis.call('ZADD', key('parked'), order, id)
+    return { 'parked' }
+  end
+  return { 'pending' }
+end
+
 -- ---- script body ----

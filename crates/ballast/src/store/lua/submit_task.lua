@@ -19,30 +19,9 @@
 -- Returns {"assigned", worker} | {"pending"} | {"parked"} | {"scheduled"}, or {"exists"}
 -- when the id is taken (so a retried batch does not submit twice).
 
-local tk = KEYS[1]
-local id, queue, kind, payload = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local priority, cost, tags = tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local max_attempts, timeout_ms = ARGV[9], ARGV[10]
-local delay, not_before = tonumber(ARGV[11] or '0'), tonumber(ARGV[12] or '0')
-
-if redis.call('EXISTS', tk) == 1 then return { 'exists' } end
-
 local now = now_ms()
-local due = math.max(now + delay, not_before)
-local order = new_task(id, queue, kind, payload, priority, cost, tags, max_attempts, timeout_ms,
-  due, now, nil)
-if due > now then return { 'scheduled' } end
+local status = submit_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
+  ARGV[9], ARGV[10], ARGV[11] or '0', ARGV[12] or '0', now)
+if status then return { status } end
 place(now)
-
-local h = redis.call('HMGET', tk, 'state', 'worker')
-if h[1] == 'assigned' then return { 'assigned', h[2] } end
-if redis.call('ZSCORE', key('parked'), id) then return { 'parked' } end
--- place() does not run while every worker is full; a task no live worker could ever run is
--- parked here all the same, so `parked` means the same whatever the load. With no worker
--- at all it stays pending: there is nothing yet to be incapable of running it.
-if redis.call('EXISTS', cap_key()) == 1 and not capable(tonumber(cost), split_tags(tags)) then
-  redis.call('ZREM', key('pending'), id)
-  redis.call('ZADD', key('parked'), order, id)
-  return { 'parked' }
-end
-return { 'pending' }
+return submitted_placement(ARGV[2])

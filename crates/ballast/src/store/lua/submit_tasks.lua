@@ -1,0 +1,25 @@
+-- submit_tasks.lua: submit_task.lua for a batch of tasks of one queue: each is stored, then
+-- one placement pass places what fits, so a batch shares the fixed cost of a call and of
+-- a placement.
+--
+-- KEYS[1] zset    P .. 'pending' (routes the call on Cluster)
+-- ARGV[1] string  queue prefix P = "ballast:{queue}:"
+-- ARGV[2] string  queue name
+-- ARGV[3..] ten per task: id, kind, payload, priority, cost, tags, max attempts,
+--                 timeout ms, delay ms, not-before ms (as submit_task.lua takes them)
+--
+-- Returns one reply per task, as submit_task.lua's: {"assigned", worker} | {"pending"} |
+-- {"parked"} | {"scheduled"} | {"exists"}.
+
+local queue = ARGV[2]
+local now = now_ms()
+local replies, placed_later = {}, {}
+for i = 3, #ARGV, 10 do
+  local status = submit_one(ARGV[i], queue, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
+    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], now)
+  replies[#replies + 1] = status and { status } or false
+  if not status then placed_later[#replies] = ARGV[i] end
+end
+place(now)
+for n, id in pairs(placed_later) do replies[n] = submitted_placement(id) end
+return replies
