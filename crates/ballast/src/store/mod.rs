@@ -1233,10 +1233,10 @@ impl Store {
                 ));
             }
         }
-        for (name, held) in [("free", true), ("cap", true)] {
+        for name in ["free", "cap"] {
             let members: Vec<String> = conn.zrange(format!("{p}{name}"), 0, -1).await?;
             for w in members {
-                if held && !workers.contains(&w) {
+                if !workers.contains(&w) {
                     bad.push(format!("{name} index has unknown worker {w}"));
                 }
             }

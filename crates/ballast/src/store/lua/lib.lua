@@ -285,6 +285,23 @@ end
 
 -- Move a task, already out of its previous index, to a final state (succeeded, failed or
 -- cancelled; failed tasks are the dead letters) and tell waiters.
+-- Take held task `id` (in `state`, assigned or running) off worker w: out of its state index,
+-- its lease (running) or w's inbox (assigned), w's held set, and its cost off w's count.
+-- `maybe_gone`: w's record may be gone (an orphan's worker), so check before counting.
+-- Returns whether w's record exists; the caller re-indexes w.
+local function unhold(id, w, state, cost, maybe_gone)
+  redis.call('ZREM', key(state), id)
+  if state == 'running' then
+    redis.call('ZREM', key('deadlines'), id)
+  else
+    redis.call('LREM', inbox_key(w), 0, id)
+  end
+  redis.call('SREM', held_key(w), id)
+  if maybe_gone and redis.call('EXISTS', worker_key(w)) == 0 then return false end
+  redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(cost))
+  return true
+end
+
 -- Defined below: what a job does when one of its tasks ends.
 local job_task_settled
 
@@ -356,16 +373,13 @@ local function cancel(id, now)
   if state == 'pending' then
     redis.call('ZREM', key('pending'), id)
     redis.call('ZREM', key('parked'), id)
-  elseif state == 'scheduled' or state == 'assigned' then
+  elseif state == 'scheduled' then
     redis.call('ZREM', key(state), id)
+  elseif state == 'assigned' then
+    unhold(id, w, state, h[3], false)
+    index_worker(w)
   else
     return 'final'
-  end
-  if state == 'assigned' then
-    redis.call('LREM', inbox_key(w), 0, id)
-    redis.call('SREM', held_key(w), id)
-    redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[3]))
-    index_worker(w)
   end
   settle(id, 'cancelled', 'error', 'cancelled before it started', now)
   return 'cancelled'
@@ -434,13 +448,7 @@ end
 local function requeue(id, w, now)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'max_attempts')
-  redis.call('ZREM', key(h[3]), id)
-  redis.call('ZREM', key('deadlines'), id)
-  if h[3] == 'assigned' then redis.call('LREM', inbox_key(w), 0, id) end
-  if redis.call('EXISTS', worker_key(w)) == 1 then
-    redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[1]))
-  end
-  redis.call('SREM', held_key(w), id)
+  unhold(id, w, h[3], h[1], true)
   if redis.call('HGET', tk, 'cancel_requested') == '1' then
     settle(id, 'cancelled', 'error', 'cancelled while its worker was lost', now)
     return
@@ -520,10 +528,7 @@ local function finish_one(w, id, lease, outcome, body, delay, now)
     'max_attempts', 'started_at')
   if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return false end
   local attempts, max_attempts = tonumber(h[5]), tonumber(h[6])
-  redis.call('ZREM', key('running'), id)
-  redis.call('ZREM', key('deadlines'), id)
-  redis.call('SREM', held_key(w), id)
-  redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(h[4]))
+  unhold(id, w, 'running', h[4], false)
   redis.call('HINCRBY', worker_key(w), 'finished', 1)
   redis.call('SREM', worker_key(w) .. ':cancel', id)
   index_worker(w)
