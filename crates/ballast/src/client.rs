@@ -192,12 +192,16 @@ impl Client {
             };
             let event = timeout_at(until, ev.on_message().next()).await;
             match event {
+                // One event names every task a call settled, space-separated.
                 Ok(Some(msg)) => {
-                    let id: String = msg.get_payload()?;
-                    if open.contains(&id) {
-                        match self.store.task(queue, &id).await {
+                    let ids: String = msg.get_payload()?;
+                    for id in ids.split(' ') {
+                        if !open.contains(id) {
+                            continue;
+                        }
+                        match self.store.task(queue, id).await {
                             Ok(Some(t)) if t.state.is_terminal() => {
-                                open.remove(&id);
+                                open.remove(id);
                             }
                             Ok(_) => {}
                             Err(_) => resync_at = Instant::now(),

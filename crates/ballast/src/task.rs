@@ -399,7 +399,7 @@ impl TaskRecord {
         }
         let json =
             |s: Option<String>| s.map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s)));
-        Ok(TaskRecord {
+        let mut record = TaskRecord {
             state: h
                 .get("state")
                 .ok_or("task field state missing")?
@@ -438,7 +438,18 @@ impl TaskRecord {
             id: h.remove("id").ok_or("task field id missing")?,
             queue: h.remove("queue").ok_or("task field queue missing")?,
             kind: h.remove("kind").ok_or("task field kind missing")?,
-        })
+        };
+        // Redis keeps the attempts that did not succeed; the successful one is the record.
+        if record.state == TaskState::Succeeded {
+            record.history.push(serde_json::json!({
+                "attempt": record.attempts,
+                "worker": record.worker,
+                "started_at": record.started_at,
+                "finished_at": record.finished_at,
+                "outcome": "succeeded",
+            }));
+        }
+        Ok(record)
     }
 }
 

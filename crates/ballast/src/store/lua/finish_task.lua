@@ -14,7 +14,7 @@
 --
 -- A retry with attempts left waits in P .. 'scheduled' until its time (promote_tasks.lua
 -- brings it back); a retry with none left, or a failure, goes to the dead letters (state
--- failed). Every attempt is appended to the record's `history`.
+-- failed). Every attempt that does not succeed is appended to the record's `history`.
 -- Returns {"ok", claimed} or {"stale", {}} when the task is no longer running on this worker
 -- under this lease (it was taken back): nothing is written then. `claimed` has the shape
 -- claim_tasks.lua returns. Publishes the task id on P .. 'events' when it is final.
@@ -23,7 +23,10 @@ local w, id, lease, outcome, body = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local claim_max, delay = tonumber(ARGV[7]), tonumber(ARGV[8] or '0')
 
 local now = now_ms()
-if not finish_one(w, id, lease, outcome, body, delay, now) then return { 'stale', {} } end
+local b = new_batch()
+local freed = finish_one(w, id, lease, outcome, body, delay, now, b)
+if not freed then return { 'stale', {} } end
+finish_done(w, b, freed, 1, now)
 place(now)
 
 local claimed = {}

@@ -15,12 +15,14 @@
 
 local w, claim_max = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
-local recorded = {}
+local recorded, b, freed, n = {}, new_batch(), 0, 0
 for i = 4, #ARGV, 5 do
-  local ok = finish_one(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]),
-    now)
-  recorded[#recorded + 1] = ok and 1 or 0
+  local cost = finish_one(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+    tonumber(ARGV[i + 4]), now, b)
+  if cost then freed, n = freed + cost, n + 1 end
+  recorded[#recorded + 1] = cost and 1 or 0
 end
+finish_done(w, b, freed, n, now)
 place(now)
 local claimed = {}
 if claim_max > 0 and redis.call('HGET', KEYS[1], 'state') == 'active' then

@@ -51,6 +51,47 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Index writes gathered while a script walks over many tasks and sent at the end as one
+-- command per key: from Lua a Redis command costs more to call than the work it does, so a
+-- batch of tasks costs a few calls per batch plus one or two per task (its own record).
+-- A batch is only ever read back after flush_batch(); within one batch a member is never
+-- both added to and removed from the same key.
+local BATCH_ARGS = 1000
+
+local function new_batch()
+  return { zadd = {}, zrem = {}, sadd = {}, srem = {}, rpush = {}, order = {}, events = {},
+    settled = {} }
+end
+
+-- Appends values to the list b[kind][k], remembering the order keys were first used in.
+local function later(b, kind, k, ...)
+  local t = b[kind][k]
+  if not t then
+    t = {}
+    b[kind][k] = t
+    b.order[#b.order + 1] = { kind, k }
+  end
+  for _, v in ipairs({ ... }) do t[#t + 1] = v end
+end
+
+local BATCH_COMMAND = { zadd = 'ZADD', zrem = 'ZREM', sadd = 'SADD', srem = 'SREM',
+  rpush = 'RPUSH' }
+
+local function flush_batch(b)
+  for _, o in ipairs(b.order) do
+    local cmd, k, t = BATCH_COMMAND[o[1]], o[2], b[o[1]][o[2]]
+    -- ZADD takes pairs: keep chunks even.
+    for i = 1, #t, BATCH_ARGS do
+      redis.call(cmd, k, unpack(t, i, math.min(i + BATCH_ARGS - 1, #t)))
+    end
+  end
+  b.order, b.zadd, b.zrem, b.sadd, b.srem, b.rpush = {}, {}, {}, {}, {}, {}
+  if #b.events > 0 then
+    redis.call('PUBLISH', key('events'), table.concat(b.events, ' '))
+    b.events = {}
+  end
+end
+
 local function split_tags(s)
   local out = {}
   if s and s ~= '' then
@@ -148,19 +189,106 @@ local function capable(cost, tags)
   return true
 end
 
--- Hand task `id` to worker `w`: charge its cost, queue it in the worker's inbox, and issue a
--- new lease (the fencing token every later call about this assignment must present).
-local function assign(id, w, cost, now)
-  local tick = redis.call('INCR', key('tick'))
+-- Hand task `id` to worker `w` under a new lease (the fencing token every later call about
+-- this assignment must present): its record now, its indexes and the worker's inbox through
+-- batch b. The caller charges the worker.
+local function assign(id, w, lease, now, b)
+  redis.call('HSET', task_key(id), 'state', 'assigned', 'worker', w, 'assigned_at', now,
+    'lease', lease)
+  later(b, 'zrem', key('pending'), id)
+  later(b, 'zadd', key('assigned'), now, id)
+  later(b, 'sadd', held_key(w), id)
+  later(b, 'rpush', inbox_key(w), id)
+end
+
+-- Charge `cost` to worker w in Redis at once (its record and free indexes).
+local function charge(w, cost, tick)
   redis.call('HINCRBY', worker_key(w), 'assigned', cost)
   redis.call('HSET', worker_key(w), 'tick', tick)
   index_worker(w)
-  redis.call('HINCRBY', task_key(id), 'lease', 1)
-  redis.call('HSET', task_key(id), 'state', 'assigned', 'worker', w, 'assigned_at', now)
-  redis.call('ZREM', key('pending'), id)
-  redis.call('ZADD', key('assigned'), now, id)
-  redis.call('SADD', held_key(w), id)
-  redis.call('RPUSH', inbox_key(w), id)
+end
+
+-- Workers of the free index a placement call keeps in Lua.
+local VIEW = 16
+
+-- The top of the free index, read once and charged in Lua during a placement call, so that
+-- placing untagged tasks costs no index read or write per task. It holds the VIEW workers
+-- with the most free capacity and `bound`, the score of the next one (-1 when none): a
+-- worker of the view whose score is above the bound is the best of all. When the view
+-- cannot tell, it is written back (view_sync) and the index decides.
+local function view_new() return { loaded = false } end
+
+local function view_load(v)
+  local r = redis.call('ZREVRANGE', free_key(), 0, VIEW, 'WITHSCORES')
+  v.ws, v.free, v.tie, v.charged, v.tick, v.bound = {}, {}, {}, {}, {}, -1
+  for i = 1, #r, 2 do
+    local s = tonumber(r[i + 1])
+    if #v.ws < VIEW then
+      local w = r[i]
+      v.ws[#v.ws + 1] = w
+      v.free[w] = math.floor(s / SHIFT)
+      v.tie[w] = s - v.free[w] * SHIFT
+    else
+      v.bound = s
+    end
+  end
+  v.loaded = true
+end
+
+-- Writes the view's charges to Redis and forgets it (the next use reads the index again).
+local function view_sync(v)
+  if not v.loaded then return end
+  for w, cost in pairs(v.charged) do charge(w, cost, v.tick[w]) end
+  v.loaded = false
+end
+
+local function view_max_free(v)
+  if not v.loaded then return max_free() end
+  local best = v.bound < 0 and 0 or math.floor(v.bound / SHIFT)
+  for _, w in ipairs(v.ws) do
+    if v.free[w] > best then best = v.free[w] end
+  end
+  return best
+end
+
+-- The usable worker with the most free capacity that fits `cost` (no tags), or nil when
+-- none fits; false when the view cannot tell.
+local function view_pick(v, cost, reserved, id)
+  if not v.loaded then view_load(v) end
+  local best, best_score = nil, -1
+  for _, w in ipairs(v.ws) do
+    if v.free[w] >= cost and usable(w, reserved, id) then
+      local s = v.free[w] * SHIFT + v.tie[w]
+      if s > best_score then best, best_score = w, s end
+    end
+  end
+  if best_score > v.bound then return best end
+  if v.bound < 0 then return nil end
+  return false
+end
+
+-- Charge a worker of the view in Lua; the tie-break moves it behind equal workers.
+local function view_charge(v, w, cost, tick)
+  v.free[w] = v.free[w] - cost
+  v.tie[w] = SHIFT - 1 - (tick % SHIFT)
+  v.tick[w] = tick
+  v.charged[w] = (v.charged[w] or 0) + cost
+end
+
+-- Assignment ticks (the tie-break) for one call: the counter is read once and written back
+-- by save_ticks() at the end of the call.
+local function tick_source()
+  return { used = 0 }
+end
+
+local function next_tick(t)
+  if not t.base then t.base = tonumber(redis.call('GET', key('tick')) or '0') end
+  t.used = t.used + 1
+  return t.base + t.used
+end
+
+local function save_ticks(t)
+  if t.used > 0 then redis.call('SET', key('tick'), t.base + t.used) end
 end
 
 -- Place pending tasks: highest priority first, FIFO within a priority, each on the eligible
@@ -172,8 +300,9 @@ end
 -- capacity only shrinks within a call: later tasks of the same shape are stepped over at
 -- the cost of one HMGET and without using look-ahead. The sweep stops after LOOKAHEAD
 -- blocked shapes or MAX_SCAN tasks stepped over, so one call reads at most MAX_PLACE +
--- MAX_SCAN tasks besides those it parks (a parked task leaves pending, so it is read once).
+-- MAX_SCAN tasks besides those it parks.
 -- A task that no accepting worker could ever run is parked until a new worker joins.
+-- Placed and parked tasks leave pending when the call's batch is flushed at its end.
 -- Returns the number of tasks placed.
 -- Baseline policies, for `ballast bench` only (a queue gets one by setting P .. 'policy'):
 -- they place with the same code paths so that the comparison with place() is fair.
@@ -188,11 +317,11 @@ local function place_baseline(policy, now)
   if #workers == 0 then return 0 end
   table.sort(workers)
   local unit = tonumber(redis.call('GET', key('policy_unit')) or '1')
-  local placed = 0
+  local placed, ticks = 0, tick_source()
   while placed < MAX_PLACE do
     local id = redis.call('ZRANGE', key('pending'), 0, 0)[1]
     if not id then break end
-    local cost = tonumber(redis.call('HGET', task_key(id), 'cost'))
+    local h = redis.call('HMGET', task_key(id), 'cost', 'lease')
     local w
     if policy == 'round-robin' then
       w = workers[(redis.call('INCR', key('policy_rr')) % #workers) + 1]
@@ -211,53 +340,76 @@ local function place_baseline(policy, now)
       w = best
     end
     if not w then break end
-    assign(id, w, cost, now)
+    -- Each assignment is written before the next choice, which reads it.
+    local b = new_batch()
+    assign(id, w, tonumber(h[2]) + 1, now, b)
+    flush_batch(b)
+    charge(w, tonumber(h[1]), next_tick(ticks))
     placed = placed + 1
   end
+  save_ticks(ticks)
   return placed
 end
 
 local function place(now)
   local policy = redis.call('GET', key('policy'))
   if policy then return place_baseline(policy, now) end
+  local b, v, ticks = new_batch(), view_new(), tick_source()
   local placed, reserved, blocked = 0, {}, {}
-  local budget, off = LOOKAHEAD, 0
-  while budget > 0 and off < MAX_SCAN and max_free() > 0 do
-    -- Placed and parked tasks leave pending; `off` counts those stepped over.
-    -- Without scores: formatting them costs more than the rest of the read, and only
-    -- parking (rare) needs one.
-    local ids = redis.call('ZRANGE', key('pending'), off, off + 31)
+  local budget, seen, stepped = LOOKAHEAD, 0, 0
+  local done = false
+  while not done and budget > 0 and stepped < MAX_SCAN and view_max_free(v) > 0 do
+    -- Every task read stays in pending until the end, so the next page starts after all of
+    -- them. Without scores: formatting them costs more than the rest of the read.
+    local ids = redis.call('ZRANGE', key('pending'), seen, seen + 31)
     if #ids == 0 then break end
     for i = 1, #ids do
       local id = ids[i]
-      local h = redis.call('HMGET', task_key(id), 'cost', 'tags')
+      seen = seen + 1
+      local h = redis.call('HMGET', task_key(id), 'cost', 'tags', 'lease')
       local shape = h[2] .. '|' .. h[1]
       if blocked[shape] then
-        off = off + 1
+        stepped = stepped + 1
       else
         local cost, tags = tonumber(h[1]), split_tags(h[2])
-        local w = best_fit(cost, tags, reserved, id)
+        local w
+        if #tags == 0 then w = view_pick(v, cost, reserved, id) end
+        if #tags > 0 or w == false then
+          view_sync(v)
+          w = best_fit(cost, tags, reserved, id)
+        end
         if w then
-          assign(id, w, cost, now)
+          local tick = next_tick(ticks)
+          if v.loaded then view_charge(v, w, cost, tick) else charge(w, cost, tick) end
+          assign(id, w, tonumber(h[3]) + 1, now, b)
           placed = placed + 1
-          if placed >= MAX_PLACE or max_free() == 0 then return placed end
+          if placed >= MAX_PLACE or view_max_free(v) == 0 then
+            done = true
+            break
+          end
         else
+          view_sync(v)
           local r = reserve_for(cost, tags, reserved)
           if r or capable(cost, tags) then
             if r then reserved[r] = id end
             blocked[shape] = true
             budget = budget - 1
-            off = off + 1
-            if budget == 0 then return placed end
+            stepped = stepped + 1
+            if budget == 0 then
+              done = true
+              break
+            end
           else
-            local order = redis.call('ZSCORE', key('pending'), id)
-            redis.call('ZREM', key('pending'), id)
-            redis.call('ZADD', key('parked'), order, id)
+            later(b, 'zrem', key('pending'), id)
+            later(b, 'zadd', key('parked'), redis.call('ZSCORE', key('pending'), id), id)
           end
         end
       end
     end
   end
+  view_sync(v)
+  flush_batch(b)
+  save_ticks(ticks)
   return placed
 end
 
@@ -273,9 +425,12 @@ end
 -- Most attempt entries kept in a task's history.
 local HISTORY_MAX = 50
 
--- Append one attempt's entry to the task's history (a JSON array in the record).
-local function append_history(tk, entry)
-  local raw = redis.call('HGET', tk, 'history')
+-- Append one attempt's entry to the task's history (a JSON array in the record). The history
+-- holds the attempts that did not succeed: a success is told by the record itself (its
+-- state, attempts, worker and times), so the common case writes no history at all.
+-- `raw`: the history as the caller read it (false when there is none), or nil to read it.
+local function append_history(tk, entry, raw)
+  if raw == nil then raw = redis.call('HGET', tk, 'history') end
   local list = {}
   if raw then list = cjson.decode(raw) end
   list[#list + 1] = entry
@@ -283,8 +438,6 @@ local function append_history(tk, entry)
   redis.call('HSET', tk, 'history', cjson.encode(list))
 end
 
--- Move a task, already out of its previous index, to a final state (succeeded, failed or
--- cancelled; failed tasks are the dead letters) and tell waiters.
 -- Take held task `id` (in `state`, assigned or running) off worker w: out of its state index,
 -- its lease (running) or w's inbox (assigned), w's held set, and its cost off w's count.
 -- `maybe_gone`: w's record may be gone (an orphan's worker), so check before counting.
@@ -310,32 +463,45 @@ local job_task_settled
 local RETAIN_COUNT = 100000
 local RETAIN_MS = 7 * 24 * 3600 * 1000
 
--- Drop at most two of the oldest finished tasks past the queue's retention: a little work
--- at every finish keeps the set at its bound (it shrinks back after a burst) with no
--- sweeper and no long call.
-local function trim_finished(state, now)
+-- After `n` tasks reached `state`, drop at most 2n of the oldest finished tasks past the
+-- queue's retention: a little work at every finish keeps the set at its bound (it shrinks
+-- back after a burst) with no sweeper and no long call.
+local function trim_finished(state, now, n)
   local r = redis.call('HMGET', key('retention'), 'count', 'ms')
   local max_count, max_ms = tonumber(r[1]) or RETAIN_COUNT, tonumber(r[2]) or RETAIN_MS
+  local most = 2 * n
   local victims = redis.call('ZRANGEBYSCORE', key(state), '-inf', '(' .. fmt(now - max_ms),
-    'LIMIT', 0, 2)
-  if #victims < 2 then
+    'LIMIT', 0, most)
+  if #victims < most then
     local excess = redis.call('ZCARD', key(state)) - max_count
     if excess > 0 then
-      victims = redis.call('ZRANGE', key(state), 0, math.min(excess, 2) - 1)
+      victims = redis.call('ZRANGE', key(state), 0, math.min(excess, most) - 1)
     end
   end
-  for _, old in ipairs(victims) do
-    redis.call('ZREM', key(state), old)
-    redis.call('DEL', task_key(old))
-  end
+  if #victims == 0 then return end
+  local keys = {}
+  for i, old in ipairs(victims) do keys[i] = task_key(old) end
+  redis.call('ZREM', key(state), unpack(victims))
+  redis.call('DEL', unpack(keys))
 end
 
-local function settle(id, state, field, body, now)
+-- Move a task, already out of its previous index, to a final state (succeeded, failed or
+-- cancelled; failed tasks are the dead letters) and tell waiters (one event per batch: the
+-- ids, space-separated). `b`: a batch that takes its index entry and event (the caller
+-- flushes it and trims with finish_done()), or nil to write them now. `job`: the task's
+-- {job, chunk} fields when the caller has read them.
+local function settle(id, state, field, body, now, b, job)
   redis.call('HSET', task_key(id), 'state', state, 'finished_at', now, field, body)
-  redis.call('ZADD', key(state), now, id)
-  redis.call('PUBLISH', key('events'), id)
-  job_task_settled(id, state, body, now)
-  if state ~= 'failed' then trim_finished(state, now) end
+  if b then
+    later(b, 'zadd', key(state), now, id)
+    b.events[#b.events + 1] = id
+    if state ~= 'failed' then b.settled[state] = (b.settled[state] or 0) + 1 end
+  else
+    redis.call('ZADD', key(state), now, id)
+    redis.call('PUBLISH', key('events'), id)
+    if state ~= 'failed' then trim_finished(state, now, 1) end
+  end
+  job_task_settled(id, state, body, now, job)
 end
 
 -- Store a new task record and queue it (pending, or scheduled when `due` is ahead). `extra`
@@ -402,8 +568,8 @@ end
 -- job's tolerance (over it, the job fails and its other tasks are cancelled); the call that
 -- records the last map outcome creates the reduce task in the same step. A task finishes
 -- once (its lease fences it), so each chunk is counted once and the reduce is made once.
-job_task_settled = function(id, state, body, now)
-  local j = redis.call('HMGET', task_key(id), 'job', 'chunk')
+job_task_settled = function(id, state, body, now, job)
+  local j = job or redis.call('HMGET', task_key(id), 'job', 'chunk')
   local jid, chunk = j[1], j[2]
   if not jid then return end
   local jk = job_key(jid)
@@ -497,59 +663,74 @@ local function claim(w, given, max, now)
       for _, id in ipairs(more) do ids[#ids + 1] = id end
     end
   end
-  local out = {}
+  local out, b = {}, new_batch()
   for _, id in ipairs(ids) do
     local tk = task_key(id)
-    local h = redis.call('HMGET', tk, 'state', 'worker')
+    local h = redis.call('HMGET', tk, 'state', 'worker', 'attempts', 'runs', 'timeout_ms', 'kind',
+      'payload', 'lease', 'cost', 'max_attempts', 'role')
     if h[1] == 'assigned' and h[2] == w then
-      local attempt = redis.call('HINCRBY', tk, 'attempts', 1)
-      redis.call('HINCRBY', tk, 'runs', 1)
-      redis.call('HSET', tk, 'state', 'running', 'started_at', now)
-      redis.call('ZREM', key('assigned'), id)
-      redis.call('ZADD', key('running'), now, id)
+      local attempt = tonumber(h[3]) + 1
+      redis.call('HSET', tk, 'state', 'running', 'started_at', now, 'attempts', attempt, 'runs',
+        (tonumber(h[4]) or 0) + 1)
+      later(b, 'zrem', key('assigned'), id)
+      later(b, 'zadd', key('running'), now, id)
       -- The lease: when the attempt must be over by. The worker's own timer stops the
       -- handler first; recovery expires the lease if a hung worker never reports.
-      redis.call('ZADD', key('deadlines'), now + tonumber(redis.call('HGET', tk, 'timeout_ms')), id)
-      local r = redis.call('HMGET', tk, 'kind', 'payload', 'lease', 'cost', 'timeout_ms',
-        'max_attempts', 'role')
-      out[#out + 1] = { id, r[1], r[2], r[3], r[4], r[5], r[6], tostring(attempt), r[7] or '' }
+      later(b, 'zadd', key('deadlines'), now + tonumber(h[5]), id)
+      out[#out + 1] = { id, h[6], h[7], h[8], h[9], h[5], h[10], tostring(attempt), h[11] or '' }
     end
   end
+  flush_batch(b)
   return out
 end
 
 -- Record how one attempt of task `id` on worker w ended (see finish_task.lua for the
--- outcomes), free its cost, and settle or reschedule it. Returns false, writing nothing,
--- when the task is no longer running on w under `lease` (it was taken back). The caller
--- places and claims afterwards, once for however many tasks it finishes.
-local function finish_one(w, id, lease, outcome, body, delay, now)
+-- outcomes) and settle or reschedule it; its index changes go to batch b. Returns the cost
+-- it frees, or false, writing nothing, when the task is no longer running on w under
+-- `lease` (it was taken back). The caller ends with finish_done(), then places and claims,
+-- once for however many tasks it finishes.
+local function finish_one(w, id, lease, outcome, body, delay, now, b)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'attempts',
-    'max_attempts', 'started_at')
+    'max_attempts', 'started_at', 'history', 'job', 'chunk')
   if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return false end
   local attempts, max_attempts = tonumber(h[5]), tonumber(h[6])
-  unhold(id, w, 'running', h[4], false)
-  redis.call('HINCRBY', worker_key(w), 'finished', 1)
-  redis.call('SREM', worker_key(w) .. ':cancel', id)
-  index_worker(w)
+  later(b, 'zrem', key('running'), id)
+  later(b, 'zrem', key('deadlines'), id)
+  later(b, 'srem', held_key(w), id)
+  later(b, 'srem', worker_key(w) .. ':cancel', id)
   -- A retry with no attempts left is the task's last failure.
   if outcome == 'retry' and attempts >= max_attempts then outcome = 'failed' end
-  local entry = { attempt = attempts, worker = w, started_at = tonumber(h[7]), finished_at = now,
-    outcome = outcome }
-  if outcome ~= 'succeeded' then entry.error = body end
-  append_history(tk, entry)
+  if outcome ~= 'succeeded' then
+    append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(h[7]),
+      finished_at = now, outcome = outcome, error = body }, h[8])
+  end
+  local job = { h[9], h[10] }
   if outcome == 'succeeded' then
-    settle(id, 'succeeded', 'result', body, now)
+    settle(id, 'succeeded', 'result', body, now, b, job)
   elseif outcome == 'cancelled' then
-    settle(id, 'cancelled', 'error', body, now)
+    settle(id, 'cancelled', 'error', body, now, b, job)
   elseif outcome == 'retry' then
     local due = now + delay
     redis.call('HSET', tk, 'state', 'scheduled', 'error', body, 'run_at', due)
     redis.call('ZADD', key('scheduled'), due, id)
   else
-    settle(id, 'failed', 'error', body, now)
+    settle(id, 'failed', 'error', body, now, b, job)
   end
-  return true
+  return tonumber(h[4])
+end
+
+-- After finish_one() calls for worker w: `n` tasks recorded, freeing `freed` units. Writes
+-- the worker's load and count and batch b, then trims what the finishes settled.
+local function finish_done(w, b, freed, n, now)
+  if n > 0 then
+    redis.call('HINCRBY', worker_key(w), 'assigned', -freed)
+    redis.call('HINCRBY', worker_key(w), 'finished', n)
+    index_worker(w)
+  end
+  flush_batch(b)
+  for state, count in pairs(b.settled) do trim_finished(state, now, count) end
+  b.settled = {}
 end
 
 -- Store one submitted task (ARGV-style strings). Returns "exists" when the id is taken
