@@ -61,7 +61,6 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
         expect_keys(
             Q,
             &[
-                "deadlines",
                 "epoch",
                 "heartbeats",
                 "pending",

@@ -317,7 +317,7 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
     let past = env.now_ms().await - 10_000;
     let _: () = env
         .raw
-        .zadd(format!("{p}deadlines"), &id, past)
+        .zadd(format!("{p}running"), &id, past)
         .await
         .expect("zadd");
     assert!(env
@@ -344,7 +344,7 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
     );
     assert_eq!(t.history.len(), 1);
     assert_eq!(env.worker_int(Q, "hung", "assigned").await, 0);
-    assert!(env.zrange(Q, "deadlines").await.is_empty());
+    assert!(env.zrange(Q, "running").await.is_empty());
     env.assert_sound(Q).await;
     // The hung worker's late report is refused.
     let late = env
@@ -360,7 +360,7 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
     let past = env.now_ms().await - 10_000;
     let _: () = env
         .raw
-        .zadd(format!("{p}deadlines"), &id, past)
+        .zadd(format!("{p}running"), &id, past)
         .await
         .expect("zadd");
     assert_eq!(

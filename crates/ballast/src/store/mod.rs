@@ -1241,19 +1241,18 @@ impl Store {
                 }
             }
         }
-        // Every running task has a lease deadline, and only running tasks do.
-        let deadlines: HashSet<String> = conn
-            .zrange::<_, Vec<String>>(format!("{p}deadlines"), 0, -1)
-            .await?
-            .into_iter()
-            .collect();
-        for (id, t) in &tasks {
-            if (t.state == TaskState::Running) != deadlines.contains(id) {
-                bad.push(format!(
-                    "task {id} is {} but has_lease={}",
-                    t.state,
-                    deadlines.contains(id)
-                ));
+        // A running task's score in the running index is its lease deadline.
+        let running: Vec<(String, f64)> = conn
+            .zrange_withscores(format!("{p}running"), 0, -1)
+            .await?;
+        for (id, deadline) in running {
+            if let Some(t) = tasks.get(&id) {
+                let expect = t.started_at.map(|s| (s + t.timeout_ms) as f64);
+                if expect != Some(deadline) {
+                    bad.push(format!(
+                        "task {id} runs until {deadline}, expected {expect:?}"
+                    ));
+                }
             }
         }
         for (id, t) in &tasks {

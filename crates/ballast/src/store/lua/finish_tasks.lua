@@ -1,5 +1,5 @@
 -- finish_tasks.lua: finish_task.lua for many tasks of one worker at once: every outcome
--- recorded, then one placement pass and one claim of the worker's next tasks. A worker
+-- recorded, then one placement pass that starts the worker's next tasks. A worker
 -- reports what ended since its last report in one call, so the fixed cost of a call and of
 -- a placement pass is shared by all of them.
 --
@@ -23,9 +23,18 @@ for i = 4, #ARGV, 5 do
   recorded[#recorded + 1] = cost and 1 or 0
 end
 finish_done(w, b, freed, n, now)
-place(now)
-local claimed = {}
+-- Tasks placed here start at once; then the inbox tops up the claim (tasks assigned to w
+-- by other calls and not yet taken).
+local me
 if claim_max > 0 and redis.call('HGET', KEYS[1], 'state') == 'active' then
-  claimed = claim(w, {}, claim_max, now)
+  me = { w = w, max = claim_max, out = {} }
+end
+place(now, me)
+local claimed = {}
+if me then
+  claimed = me.out
+  if #claimed < claim_max then
+    for _, t in ipairs(claim(w, {}, claim_max - #claimed, now)) do claimed[#claimed + 1] = t end
+  end
 end
 return { recorded, claimed }

@@ -60,18 +60,20 @@ local BATCH_ARGS = 1000
 
 local function new_batch()
   return { zadd = {}, zrem = {}, sadd = {}, srem = {}, rpush = {}, order = {}, events = {},
-    settled = {} }
+    settled = {}, done = {} }
 end
 
--- Appends values to the list b[kind][k], remembering the order keys were first used in.
-local function later(b, kind, k, ...)
+-- Appends `v` (and `v2`: ZADD takes a score and a member) to the list b[kind][k],
+-- remembering the order keys were first used in.
+local function later(b, kind, k, v, v2)
   local t = b[kind][k]
   if not t then
     t = {}
     b[kind][k] = t
     b.order[#b.order + 1] = { kind, k }
   end
-  for _, v in ipairs({ ... }) do t[#t + 1] = v end
+  t[#t + 1] = v
+  if v2 ~= nil then t[#t + 1] = v2 end
 end
 
 local BATCH_COMMAND = { zadd = 'ZADD', zrem = 'ZREM', sadd = 'SADD', srem = 'SREM',
@@ -201,6 +203,34 @@ local function assign(id, w, lease, now, b)
   later(b, 'rpush', inbox_key(w), id)
 end
 
+-- What a worker needs of a task to start it, read in one HMGET after other fields.
+local START_FIELDS = { 'lease', 'attempts', 'runs', 'timeout_ms', 'kind', 'payload',
+  'max_attempts', 'role' }
+
+-- Start task `id` on worker w: running under `lease`, its deadline (start + timeout) the
+-- score in the running index. h[o] .. h[o + 7] are its START_FIELDS. `fresh`: it comes
+-- straight from pending (placed and started in one step, with no inbox in between); else it
+-- was assigned to w. Index changes go to batch b. Returns the record the worker gets:
+-- {id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt, role}.
+local function start(id, w, h, o, cost, lease, now, b, fresh)
+  local tk, attempt, runs = task_key(id), tonumber(h[o + 1]) + 1, (tonumber(h[o + 2]) or 0) + 1
+  if fresh then
+    redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'assigned_at', now,
+      'started_at', now, 'attempts', attempt, 'runs', runs)
+    later(b, 'zrem', key('pending'), id)
+    later(b, 'sadd', held_key(w), id)
+  else
+    redis.call('HSET', tk, 'state', 'running', 'started_at', now, 'attempts', attempt, 'runs',
+      runs)
+    later(b, 'zrem', key('assigned'), id)
+  end
+  -- The lease: when the attempt must be over by. The worker's own timer stops the handler
+  -- first; recovery expires the lease if a hung worker never reports.
+  later(b, 'zadd', key('running'), now + tonumber(h[o + 3]), id)
+  return { id, h[o + 4], h[o + 5], tostring(lease), cost, h[o + 3], h[o + 6], tostring(attempt),
+    h[o + 7] or '' }
+end
+
 -- Charge `cost` to worker w in Redis at once (its record and free indexes).
 local function charge(w, cost, tick)
   redis.call('HINCRBY', worker_key(w), 'assigned', cost)
@@ -303,6 +333,9 @@ end
 -- MAX_SCAN tasks besides those it parks.
 -- A task that no accepting worker could ever run is parked until a new worker joins.
 -- Placed and parked tasks leave pending when the call's batch is flushed at its end.
+-- `me` (optional) is {w = worker, max = n, out = {}}: tasks placed on that worker, up to n,
+-- are started at once and their records appended to `out` (a worker that reports finished
+-- tasks gets its next ones in the same call, with no inbox round trip).
 -- Returns the number of tasks placed.
 -- Baseline policies, for `ballast bench` only (a queue gets one by setting P .. 'policy'):
 -- they place with the same code paths so that the comparison with place() is fair.
@@ -351,7 +384,7 @@ local function place_baseline(policy, now)
   return placed
 end
 
-local function place(now)
+local function place(now, me)
   local policy = redis.call('GET', key('policy'))
   if policy then return place_baseline(policy, now) end
   local b, v, ticks = new_batch(), view_new(), tick_source()
@@ -366,7 +399,12 @@ local function place(now)
     for i = 1, #ids do
       local id = ids[i]
       seen = seen + 1
-      local h = redis.call('HMGET', task_key(id), 'cost', 'tags', 'lease')
+      local h
+      if me then
+        h = redis.call('HMGET', task_key(id), 'cost', 'tags', unpack(START_FIELDS))
+      else
+        h = redis.call('HMGET', task_key(id), 'cost', 'tags', 'lease')
+      end
       local shape = h[2] .. '|' .. h[1]
       if blocked[shape] then
         stepped = stepped + 1
@@ -381,7 +419,11 @@ local function place(now)
         if w then
           local tick = next_tick(ticks)
           if v.loaded then view_charge(v, w, cost, tick) else charge(w, cost, tick) end
-          assign(id, w, tonumber(h[3]) + 1, now, b)
+          if me and w == me.w and #me.out < me.max then
+            me.out[#me.out + 1] = start(id, w, h, 3, h[1], tonumber(h[3]) + 1, now, b, true)
+          else
+            assign(id, w, tonumber(h[3]) + 1, now, b)
+          end
           placed = placed + 1
           if placed >= MAX_PLACE or view_max_free(v) == 0 then
             done = true
@@ -438,17 +480,13 @@ local function append_history(tk, entry, raw)
   redis.call('HSET', tk, 'history', cjson.encode(list))
 end
 
--- Take held task `id` (in `state`, assigned or running) off worker w: out of its state index,
--- its lease (running) or w's inbox (assigned), w's held set, and its cost off w's count.
+-- Take held task `id` (in `state`, assigned or running) off worker w: out of its state index
+-- (and w's inbox when assigned), w's held set, and its cost off w's count.
 -- `maybe_gone`: w's record may be gone (an orphan's worker), so check before counting.
 -- Returns whether w's record exists; the caller re-indexes w.
 local function unhold(id, w, state, cost, maybe_gone)
   redis.call('ZREM', key(state), id)
-  if state == 'running' then
-    redis.call('ZREM', key('deadlines'), id)
-  else
-    redis.call('LREM', inbox_key(w), 0, id)
-  end
+  if state == 'assigned' then redis.call('LREM', inbox_key(w), 0, id) end
   redis.call('SREM', held_key(w), id)
   if maybe_gone and redis.call('EXISTS', worker_key(w)) == 0 then return false end
   redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(cost))
@@ -457,6 +495,8 @@ end
 
 -- Defined below: what a job does when one of its tasks ends.
 local job_task_settled
+-- A task's {job, chunk} when it belongs to no job.
+local NO_JOB = {}
 
 -- Default retention of succeeded and cancelled tasks; P .. 'retention' (fields `count` and
 -- `ms`) overrides it per queue. Dead letters (failed) are kept until retried or purged.
@@ -665,19 +705,9 @@ local function claim(w, given, max, now)
   end
   local out, b = {}, new_batch()
   for _, id in ipairs(ids) do
-    local tk = task_key(id)
-    local h = redis.call('HMGET', tk, 'state', 'worker', 'attempts', 'runs', 'timeout_ms', 'kind',
-      'payload', 'lease', 'cost', 'max_attempts', 'role')
+    local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', unpack(START_FIELDS))
     if h[1] == 'assigned' and h[2] == w then
-      local attempt = tonumber(h[3]) + 1
-      redis.call('HSET', tk, 'state', 'running', 'started_at', now, 'attempts', attempt, 'runs',
-        (tonumber(h[4]) or 0) + 1)
-      later(b, 'zrem', key('assigned'), id)
-      later(b, 'zadd', key('running'), now, id)
-      -- The lease: when the attempt must be over by. The worker's own timer stops the
-      -- handler first; recovery expires the lease if a hung worker never reports.
-      later(b, 'zadd', key('deadlines'), now + tonumber(h[5]), id)
-      out[#out + 1] = { id, h[6], h[7], h[8], h[9], h[5], h[10], tostring(attempt), h[11] or '' }
+      out[#out + 1] = start(id, w, h, 4, h[3], h[4], now, b, false)
     end
   end
   flush_batch(b)
@@ -691,24 +721,26 @@ end
 -- once for however many tasks it finishes.
 local function finish_one(w, id, lease, outcome, body, delay, now, b)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'attempts',
-    'max_attempts', 'started_at', 'history', 'job', 'chunk')
+  local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'job')
   if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return false end
-  local attempts, max_attempts = tonumber(h[5]), tonumber(h[6])
   later(b, 'zrem', key('running'), id)
-  later(b, 'zrem', key('deadlines'), id)
   later(b, 'srem', held_key(w), id)
-  later(b, 'srem', worker_key(w) .. ':cancel', id)
+  b.done[#b.done + 1] = id
+  if outcome == 'succeeded' then
+    local job = NO_JOB
+    if h[5] then job = { h[5], redis.call('HGET', tk, 'chunk') } end
+    settle(id, 'succeeded', 'result', body, now, b, job)
+    return tonumber(h[4])
+  end
+  -- The rest is read only for the outcomes that need it.
+  local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history', 'chunk')
+  local attempts, max_attempts = tonumber(r[1]), tonumber(r[2])
   -- A retry with no attempts left is the task's last failure.
   if outcome == 'retry' and attempts >= max_attempts then outcome = 'failed' end
-  if outcome ~= 'succeeded' then
-    append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(h[7]),
-      finished_at = now, outcome = outcome, error = body }, h[8])
-  end
-  local job = { h[9], h[10] }
-  if outcome == 'succeeded' then
-    settle(id, 'succeeded', 'result', body, now, b, job)
-  elseif outcome == 'cancelled' then
+  append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(r[3]),
+    finished_at = now, outcome = outcome, error = body }, r[4])
+  local job = { h[5], r[5] }
+  if outcome == 'cancelled' then
     settle(id, 'cancelled', 'error', body, now, b, job)
   elseif outcome == 'retry' then
     local due = now + delay
@@ -728,6 +760,12 @@ local function finish_done(w, b, freed, n, now)
     redis.call('HINCRBY', worker_key(w), 'finished', n)
     index_worker(w)
   end
+  -- Cancel requests for tasks that ended anyway are void.
+  local cancels = worker_key(w) .. ':cancel'
+  if #b.done > 0 and redis.call('EXISTS', cancels) == 1 then
+    redis.call('SREM', cancels, unpack(b.done))
+  end
+  b.done = {}
   flush_batch(b)
   for state, count in pairs(b.settled) do trim_finished(state, now, count) end
   b.settled = {}

@@ -7,8 +7,8 @@
 -- ARGV[2] int     dead-after in milliseconds
 -- ARGV[3] int     most workers declared dead in one call
 --
--- Leases: a running task whose deadline (start + timeout, P .. 'deadlines') passed more than
--- dead-after ago was not stopped by its worker, which hangs while still heartbeating. The
+-- Leases: a running task whose deadline (start + timeout, its score in P .. 'running') passed
+-- more than dead-after ago was not stopped by its worker, which hangs while heartbeating. The
 -- attempt is failed ("lease expired") and retried or dead-lettered, as a timeout would be;
 -- the hung worker's late report is then stale.
 --
@@ -50,10 +50,9 @@ for _, state in ipairs({ 'assigned', 'running' }) do
   end
 end
 
-local expired = redis.call('ZRANGEBYSCORE', key('deadlines'), '-inf', '(' .. fmt(limit),
+local expired = redis.call('ZRANGEBYSCORE', key('running'), '-inf', '(' .. fmt(limit),
   'LIMIT', 0, 100)
 for _, id in ipairs(expired) do
-  redis.call('ZREM', key('deadlines'), id)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', 'attempts', 'max_attempts',
     'started_at', 'timeout_ms')
@@ -71,6 +70,8 @@ for _, id in ipairs(expired) do
       settle(id, 'failed', 'error', err, now)
     end
     back = back + 1
+  else
+    redis.call('ZREM', key('running'), id)
   end
 end
 
