@@ -258,6 +258,9 @@ impl Worker {
             handlers: self.handlers,
             in_flight,
             running: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashSet::new()),
+            starting: tokio::sync::Mutex::new(()),
+            resync: AtomicBool::new(false),
             cancelled: Mutex::new(HashSet::new()),
             abandon: AtomicBool::new(false),
             reports: report_tx,
@@ -399,6 +402,14 @@ struct Runner {
     in_flight: watch::Sender<usize>,
     /// Handlers running now, by task id, so they can be stopped when the tasks are lost.
     running: Mutex<HashMap<String, AbortHandle>>,
+    /// Tasks started here and not yet reported.
+    known: Mutex<HashSet<String>>,
+    /// Held while a call that starts tasks runs and while its tasks are started, so that a
+    /// resync sees every started task in `known`.
+    starting: tokio::sync::Mutex<()>,
+    /// Set when a call that may have started tasks failed: its reply, and the tasks it
+    /// started, may be lost; the next call that starts tasks reads what runs here.
+    resync: AtomicBool,
     /// Tasks stopped on a cancel request, reported as cancelled rather than failed.
     cancelled: Mutex<HashSet<String>>,
     /// Set when the grace period ran out: outcomes are no longer reported.
@@ -427,6 +438,10 @@ impl Runner {
                     }
                 },
             };
+            if self.resync.load(Ordering::SeqCst) {
+                let _starting = self.starting.lock().await;
+                self.start_all(Vec::new()).await;
+            }
             let got = tokio::select! {
                 r = self.store.wait_inbox(c, &self.queue, &self.worker, INBOX_WAIT) => r,
                 _ = stopped(&mut stop) => return,
@@ -434,6 +449,7 @@ impl Runner {
             match got {
                 Ok(Some(id)) => {
                     let given = [id];
+                    let _starting = self.starting.lock().await;
                     let tasks = self
                         .retry("claim", || {
                             self.store.claim_tasks(
@@ -445,13 +461,13 @@ impl Runner {
                             )
                         })
                         .await;
-                    for t in tasks {
-                        Arc::clone(&self).start(t);
-                    }
+                    self.start_all(tasks).await;
                     backoff = Duration::from_millis(50);
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // The pop may have taken an id whose reply was lost.
+                    self.resync.store(true, Ordering::SeqCst);
                     tracing::warn!(error = %e, "inbox wait failed");
                     conn = None;
                     backoff = self.pause(backoff, &mut stop).await;
@@ -468,8 +484,44 @@ impl Runner {
         (backoff * 2).min(MAX_BACKOFF)
     }
 
+    /// Starts tasks a call handed over and, when an earlier call's reply may have been lost,
+    /// the tasks Redis runs here that this process does not know. Called with `starting`
+    /// held.
+    async fn start_all(self: &Arc<Self>, tasks: Vec<ClaimedTask>) {
+        for t in tasks {
+            Arc::clone(self).start(t);
+        }
+        if !self.resync.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        match self.store.resync_worker(&self.queue, &self.worker).await {
+            Ok(running) => {
+                let unknown: Vec<ClaimedTask> = {
+                    let known = self.lock_known();
+                    running
+                        .into_iter()
+                        .filter(|t| !known.contains(&t.id))
+                        .collect()
+                };
+                for t in unknown {
+                    tracing::warn!(task = %t.id, "started by a call whose reply was lost; starting it now");
+                    Arc::clone(self).start(t);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the running tasks; trying again later");
+                self.resync.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Retries a Redis call with backoff until it succeeds: used where giving up would
-    /// lose an outcome or leave a task stranded.
+    /// lose an outcome or leave a task stranded. A failed call may still have run (the
+    /// connection dropped after Redis ran it), so a resync follows.
     async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> T
     where
         F: FnMut() -> Fut,
@@ -480,6 +532,7 @@ impl Runner {
             match call().await {
                 Ok(v) => return v,
                 Err(e) => {
+                    self.resync.store(true, Ordering::SeqCst);
                     tracing::warn!(worker = %self.worker, error = %e, "{what} failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -550,6 +603,7 @@ impl Runner {
     /// Runs a claimed task in its own tokio task and reports it.
     fn start(self: Arc<Self>, task: ClaimedTask) {
         self.in_flight.send_modify(|n| *n += 1);
+        self.lock_known().insert(task.id.clone());
         tokio::spawn(async move {
             let units = u32::try_from(task.cost).unwrap_or(u32::MAX);
             // Redis never assigns beyond capacity; a wait here only bridges the moment
@@ -558,6 +612,7 @@ impl Runner {
             let outcome = self.execute(&task).await;
             if self.abandon.load(Ordering::SeqCst) {
                 drop(permit);
+                self.lock_known().remove(&task.id);
                 self.in_flight.send_modify(|n| *n -= 1);
                 return;
             }
@@ -569,6 +624,7 @@ impl Runner {
                 _permit: permit.ok(),
             }) {
                 // Only when the reporter is gone, after shutdown: nothing left to tell.
+                self.lock_known().remove(&unsent.0.task.id);
                 drop(unsent);
                 self.in_flight.send_modify(|n| *n -= 1);
             }
@@ -600,20 +656,28 @@ impl Runner {
             if !self.abandon.load(Ordering::SeqCst) {
                 let pairs: Vec<(&ClaimedTask, &Outcome)> =
                     batch.iter().map(|r| (&r.task, &r.outcome)).collect();
+                let _starting = self.starting.lock().await;
                 let (recorded, next) = self
                     .retry("finish", || {
                         self.store
                             .finish_tasks(&self.queue, &self.worker, &pairs, self.claim_max)
                     })
                     .await;
-                for (r, ok) in batch.iter().zip(recorded) {
-                    if !ok {
-                        tracing::warn!(task = %r.task.id, "task was taken back; its outcome is dropped");
+                {
+                    let mut known = self.lock_known();
+                    for (r, ok) in batch.iter().zip(recorded) {
+                        known.remove(&r.task.id);
+                        if !ok {
+                            tracing::debug!(task = %r.task.id, "outcome not recorded: already recorded, or the task was taken back");
+                        }
                     }
                 }
                 drop(batch);
-                for t in next {
-                    Arc::clone(&self).start(t);
+                self.start_all(next).await;
+            } else {
+                let mut known = self.lock_known();
+                for r in &batch {
+                    known.remove(&r.task.id);
                 }
             }
             self.in_flight.send_modify(|v| *v -= n);

@@ -43,7 +43,12 @@ async fn success_is_recorded_and_the_cost_freed() {
     // Redis keeps no history for a success (the record tells it); the record read back
     // lists the attempt all the same.
     assert_eq!(h, before);
-    let record = env.store.task(Q, &t.id).await.expect("read").expect("record");
+    let record = env
+        .store
+        .task(Q, &t.id)
+        .await
+        .expect("read")
+        .expect("record");
     assert_eq!(
         serde_json::Value::from(record.history),
         serde_json::json!([{

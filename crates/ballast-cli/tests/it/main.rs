@@ -16,6 +16,7 @@ mod placement;
 mod races;
 mod recover_workers;
 mod register_worker;
+mod resync_worker;
 mod submit_job;
 mod submit_task;
 mod submit_tasks;

@@ -333,3 +333,28 @@ async fn a_batch_is_placed_task_by_task() {
     assert_eq!(env.worker_int(Q, "w1", "assigned").await, 3);
     env.assert_sound(Q).await;
 }
+
+#[tokio::test]
+async fn the_function_library_is_loaded_again_when_redis_lost_it() {
+    let mut env = Env::start().await;
+    env.submit(task(Q, 1)).await;
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut env.raw)
+        .await
+        .expect("list");
+    assert_eq!(libraries.len(), 1, "one ballast library: {libraries:?}");
+    // A restart without persistence or a failover to a replica that never had it.
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut env.raw)
+        .await
+        .expect("flush");
+    let id = env.submit(task(Q, 1)).await;
+    assert_eq!(
+        env.task_hash(Q, &id).await["state"],
+        "pending",
+        "the submit after the flush went through"
+    );
+    env.assert_sound(Q).await;
+}

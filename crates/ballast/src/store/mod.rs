@@ -1,56 +1,45 @@
 //! The one module that talks to Redis: every key name, every script and every command.
 //!
 //! Workers, clients and loops call [`Store`] methods named after what they do; each method
-//! that changes state runs one Lua script from `store/lua/`, so every change is atomic. The
-//! scripts share `lua/lib.lua` (key names, server time, placement), prepended at build time.
+//! that changes state runs one Lua function (a script body in `store/lua/`), so every change
+//! is atomic. The functions form one library with `lua/lib.lua` (key names, server time,
+//! placement) as its shared code, loaded into Redis on first use (`library.rs`).
 //!
 //! Key layout (all keys of a queue carry its hash tag, `P = "ballast:{queue}:"`) is listed in
 //! ARCHITECTURE.md; [`Store::check_queue`] verifies its invariants.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncCommands, AsyncConnectionConfig, Script};
+use redis::{AsyncCommands, AsyncConnectionConfig};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::job::{JobHeader, JobRecord};
 use crate::task::{Checked, TaskRecord, TaskSpec, TaskState};
 
-const LIB: &str = include_str!("lua/lib.lua");
+mod library;
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{LIB}{body}"))
-}
+use library::Function;
 
-static SUBMIT_TASK: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/submit_task.lua")));
-static SUBMIT_TASKS: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/submit_tasks.lua")));
-static REGISTER_WORKER: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/register_worker.lua")));
-static HEARTBEAT_WORKER: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/heartbeat_worker.lua")));
-static CLAIM_TASKS: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/claim_tasks.lua")));
-static FINISH_TASK: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/finish_task.lua")));
-static FINISH_TASKS: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/finish_tasks.lua")));
-static LEAVE_WORKER: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/leave_worker.lua")));
-static RECOVER_WORKERS: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/recover_workers.lua")));
-static PROMOTE_TASKS: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/promote_tasks.lua")));
-static RETRY_DEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/retry_dead.lua")));
-static CANCEL_TASK: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/cancel_task.lua")));
-static SUBMIT_JOB: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/submit_job.lua")));
-static CANCEL_JOB: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/cancel_job.lua")));
-static PURGE_DEAD: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/purge_dead.lua")));
+static SUBMIT_TASK: Function = Function("submit_task");
+static SUBMIT_TASKS: Function = Function("submit_tasks");
+static REGISTER_WORKER: Function = Function("register_worker");
+static HEARTBEAT_WORKER: Function = Function("heartbeat_worker");
+static CLAIM_TASKS: Function = Function("claim_tasks");
+static FINISH_TASK: Function = Function("finish_task");
+static FINISH_TASKS: Function = Function("finish_tasks");
+static LEAVE_WORKER: Function = Function("leave_worker");
+static RECOVER_WORKERS: Function = Function("recover_workers");
+static PROMOTE_TASKS: Function = Function("promote_tasks");
+static RETRY_DEAD: Function = Function("retry_dead");
+static CANCEL_TASK: Function = Function("cancel_task");
+static SUBMIT_JOB: Function = Function("submit_job");
+static CANCEL_JOB: Function = Function("cancel_job");
+static PURGE_DEAD: Function = Function("purge_dead");
+static RESYNC_WORKER: Function = Function("resync_worker");
 
 /// The error recorded on a task stopped by a cancel request.
 const CANCELLED: &str = "cancelled while running";
@@ -776,6 +765,21 @@ impl Store {
         ClaimedTask::from_rows(rows)
     }
 
+    /// For a worker that lost the reply of a call that may have started tasks for it (a
+    /// claim, a finish, or the pop of its inbox): claims the tasks assigned to it that left
+    /// its inbox unclaimed, and returns every task running on it as Redis sees it.
+    pub async fn resync_worker(&self, queue: &str, worker: &str) -> Result<Vec<ClaimedTask>> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let rows: Vec<Vec<String>> = RESYNC_WORKER
+            .key(format!("{p}worker:{worker}:tasks"))
+            .arg(&p)
+            .arg(worker)
+            .invoke_async(&mut conn)
+            .await?;
+        ClaimedTask::from_rows(rows)
+    }
+
     /// Records a task's outcome under its lease, frees its cost, places what now fits, and
     /// claims up to `claim_max` of the worker's next tasks in the same call.
     pub async fn finish_task(
@@ -1089,7 +1093,7 @@ impl Store {
         self.dead_letters(&PURGE_DEAD, queue, ids).await
     }
 
-    async fn dead_letters(&self, script: &Script, queue: &str, ids: &[String]) -> Result<u64> {
+    async fn dead_letters(&self, script: &Function, queue: &str, ids: &[String]) -> Result<u64> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let mut n = 0;
@@ -1242,9 +1246,8 @@ impl Store {
             }
         }
         // A running task's score in the running index is its lease deadline.
-        let running: Vec<(String, f64)> = conn
-            .zrange_withscores(format!("{p}running"), 0, -1)
-            .await?;
+        let running: Vec<(String, f64)> =
+            conn.zrange_withscores(format!("{p}running"), 0, -1).await?;
         for (id, deadline) in running {
             if let Some(t) = tasks.get(&id) {
                 let expect = t.started_at.map(|s| (s + t.timeout_ms) as f64);

@@ -1,13 +1,16 @@
--- lib.lua: the library every ballast script is compiled with (it is prepended to each one).
+-- lib.lua: the shared code of ballast's function library (store/library.rs builds the
+-- library from it and one function per script body in this folder).
 --
 -- It owns three things that must be written once: key names, server time, and the one
 -- placement routine that every script changing supply or demand calls.
 --
--- Every script receives the queue prefix as ARGV[1]: "ballast:{<queue>}:". All keys below
--- are built from it, so they carry the queue's hash tag and live in one Redis Cluster slot.
--- KEYS[1] of every script is a key under the same prefix, so Cluster routes the call there.
+-- Every function receives the queue prefix as ARGV[1]: "ballast:{<queue>}:", and stores it
+-- in P before anything else runs (store/library.rs wraps each body so). All keys below are
+-- built from it, so they carry the queue's hash tag and live in one Redis Cluster slot.
+-- KEYS[1] of every function is a key under the same prefix, so Cluster routes the call
+-- there.
 
-local P = ARGV[1]
+local P
 
 -- Look-ahead: how many blocked task shapes (tags and cost) one placement call steps over
 -- before it stops, and how many waiting tasks it steps over at most. Together they bound the
