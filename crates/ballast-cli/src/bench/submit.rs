@@ -1,5 +1,9 @@
-//! The submit suite: N tasks of ~100-byte payloads from one client, one by one and in
-//! batches (one pipelined round trip a batch), with no worker running.
+//! The submit suite: N tasks of ~100-byte payloads from one client (one connection), one
+//! by one (a call per task, awaited before the next), one by one with many calls in flight
+//! (a call per task from concurrent producers sharing the client: the connection pipelines
+//! them), and in batches (one call per batch), with no worker running.
+
+use std::sync::Arc;
 
 use ballast::{Client, TaskSpec};
 use serde_json::{json, Value};
@@ -7,22 +11,42 @@ use serde_json::{json, Value};
 use super::{payload, table, with_cost, Bench, BenchArgs, COST_COLUMNS};
 use crate::CliError;
 
+/// Concurrent producers in the "in flight" mode.
+const IN_FLIGHT: usize = 64;
+
 pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     let mut rows = Vec::new();
     let mut memory = 0.0;
-    for batch in [1, a.batch] {
+    // (tasks per call, calls in flight)
+    for (batch, in_flight) in [(1, 1), (1, IN_FLIGHT), (a.batch, 1)] {
         let mut b = Bench::new(url).await?;
-        let queue = format!("bench-submit-{batch}");
+        let queue = format!("bench-submit-{batch}-{in_flight}");
         let client = Client::new(b.store.clone());
-        let specs: Vec<TaskSpec> = (0..a.n)
-            .map(|i| TaskSpec::new(&queue, "noop").payload(payload(i)))
-            .collect();
+        let specs: Arc<Vec<TaskSpec>> = Arc::new(
+            (0..a.n)
+                .map(|i| TaskSpec::new(&queue, "noop").payload(payload(i)))
+                .collect(),
+        );
         let before = b.used_memory().await?;
         let ((), took, cost) = b
             .measure(a.n, async {
-                if batch == 1 {
-                    for s in &specs {
+                if batch == 1 && in_flight == 1 {
+                    for s in specs.iter() {
                         client.submit(s).await?;
+                    }
+                } else if batch == 1 {
+                    let mut producers = tokio::task::JoinSet::new();
+                    for p in 0..in_flight {
+                        let (client, mine) = (client.clone(), Arc::clone(&specs));
+                        producers.spawn(async move {
+                            for s in mine.iter().skip(p).step_by(in_flight) {
+                                client.submit(s).await?;
+                            }
+                            Ok::<_, ballast::Error>(())
+                        });
+                    }
+                    while let Some(done) = producers.join_next().await {
+                        done.map_err(|e| CliError::Io(e.to_string()))??;
                     }
                 } else {
                     for chunk in specs.chunks(batch) {
@@ -40,8 +64,10 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
             )));
         }
         memory = (b.used_memory().await? - before) / a.n as f64;
-        let mode = if batch == 1 {
+        let mode = if batch == 1 && in_flight == 1 {
             "one by one".to_string()
+        } else if batch == 1 {
+            format!("one by one, {in_flight} in flight")
         } else {
             format!("batches of {batch}")
         };

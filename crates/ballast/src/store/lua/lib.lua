@@ -339,6 +339,7 @@ end
 -- `me` (optional) is {w = worker, max = n, out = {}}: tasks placed on that worker, up to n,
 -- are started at once and their records appended to `out` (a worker that reports finished
 -- tasks gets its next ones in the same call, with no inbox round trip).
+-- `got` (optional): a table that receives got[id] = worker for every task placed.
 -- Returns the number of tasks placed.
 -- Baseline policies, for `ballast bench` only (a queue gets one by setting P .. 'policy'):
 -- they place with the same code paths so that the comparison with place() is fair.
@@ -387,9 +388,11 @@ local function place_baseline(policy, now)
   return placed
 end
 
-local function place(now, me)
+local function place(now, me, got)
   local policy = redis.call('GET', key('policy'))
   if policy then return place_baseline(policy, now) end
+  -- No worker has room: the usual state during a burst of submits, so it costs one read.
+  if max_free() == 0 then return 0 end
   local b, v, ticks = new_batch(), view_new(), tick_source()
   local placed, reserved, blocked = 0, {}, {}
   local budget, seen, stepped = LOOKAHEAD, 0, 0
@@ -427,6 +430,7 @@ local function place(now, me)
           else
             assign(id, w, tonumber(h[3]) + 1, now, b)
           end
+          if got then got[id] = w end
           placed = placed + 1
           if placed >= MAX_PLACE or view_max_free(v) == 0 then
             done = true
@@ -548,19 +552,25 @@ local function settle(id, state, field, body, now, b, job)
 end
 
 -- Store a new task record and queue it (pending, or scheduled when `due` is ahead). `extra`
--- holds further fields (a job's map tasks carry `job` and `chunk`). Returns its order.
+-- holds further fields (a job's map tasks carry `job` and `chunk`). A caller storing many
+-- passes `b`, a batch that takes the pending entry, and `seq`, the task's sequence number
+-- (taken from the counter for the whole batch at once). Returns its order.
 local function new_task(id, queue, kind, payload, priority, cost, tags, max_attempts,
-                        timeout_ms, due, now, extra)
+                        timeout_ms, due, now, extra, b, seq)
   local tk = task_key(id)
-  local order = fmt((1000 - tonumber(priority)) * ORDER_SHIFT + redis.call('INCR', key('seq')))
+  seq = seq or redis.call('INCR', key('seq'))
+  local order = fmt((1000 - tonumber(priority)) * ORDER_SHIFT + seq)
+  local state = due > now and 'scheduled' or 'pending'
   redis.call('HSET', tk, 'id', id, 'queue', queue, 'kind', kind, 'payload', payload,
     'priority', priority, 'cost', cost, 'tags', tags, 'max_attempts', max_attempts,
-    'timeout_ms', timeout_ms, 'state', 'pending', 'order', order, 'attempts', 0, 'lease', 0,
+    'timeout_ms', timeout_ms, 'state', state, 'order', order, 'attempts', '0', 'lease', '0',
     'submitted_at', now)
   if extra and #extra > 0 then redis.call('HSET', tk, unpack(extra)) end
-  if due > now then
-    redis.call('HSET', tk, 'state', 'scheduled', 'run_at', due)
+  if state == 'scheduled' then
+    redis.call('HSET', tk, 'run_at', due)
     redis.call('ZADD', key('scheduled'), due, id)
+  elseif b then
+    later(b, 'zadd', key('pending'), order, id)
   else
     redis.call('ZADD', key('pending'), order, id)
   end
@@ -778,11 +788,11 @@ end
 -- (nothing written), "scheduled" when its time is ahead, or nil: pending, to be placed and
 -- then told with submitted_placement().
 local function submit_one(id, queue, kind, payload, priority, cost, tags, max_attempts,
-                          timeout_ms, delay, not_before, now)
+                          timeout_ms, delay, not_before, now, b, seq)
   if redis.call('EXISTS', task_key(id)) == 1 then return 'exists' end
   local due = math.max(now + tonumber(delay), tonumber(not_before))
   new_task(id, queue, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due, now,
-    nil)
+    nil, b, seq)
   if due > now then return 'scheduled' end
   return nil
 end
@@ -803,6 +813,41 @@ local function submitted_placement(id)
     return { 'parked' }
   end
   return { 'pending' }
+end
+
+-- submitted_placement() for a batch, without reading any task back: ids[k] was submitted
+-- as pending with costs[k] and tags[k], and `got` is what place() filled in. Returns the
+-- replies, by k.
+local function submitted_placements(ids, costs, tags, got)
+  local out, rest = {}, {}
+  for k, id in ipairs(ids) do
+    if got[id] then out[k] = { 'assigned', got[id] } else rest[#rest + 1] = k end
+  end
+  if #rest == 0 then return out end
+  local names = {}
+  for i, k in ipairs(rest) do names[i] = ids[k] end
+  local orders = redis.call('ZMSCORE', key('pending'), unpack(names))
+  local any_worker = redis.call('EXISTS', cap_key()) == 1
+  local can = {}
+  for i, k in ipairs(rest) do
+    local order = orders[i]
+    if not order then
+      out[k] = { 'parked' }
+    elseif any_worker then
+      local shape = tags[k] .. '|' .. costs[k]
+      if can[shape] == nil then can[shape] = capable(tonumber(costs[k]), split_tags(tags[k])) end
+      if can[shape] then
+        out[k] = { 'pending' }
+      else
+        redis.call('ZREM', key('pending'), ids[k])
+        redis.call('ZADD', key('parked'), order, ids[k])
+        out[k] = { 'parked' }
+      end
+    else
+      out[k] = { 'pending' }
+    end
+  end
+  return out
 end
 
 -- ---- script body ----
