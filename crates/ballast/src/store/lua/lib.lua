@@ -49,6 +49,14 @@ end
 
 local function fmt(n) return string.format('%.0f', n) end
 
+-- `now` as text, formatted once per call: Redis formats every number a script passes it,
+-- and the hot paths pass the time several times per task.
+local now_text, now_of_text = '', nil
+local function ts(now)
+  if now ~= now_of_text then now_text, now_of_text = fmt(now), now end
+  return now_text
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -97,11 +105,14 @@ local function flush_batch(b)
   end
 end
 
+local NO_TAGS = {}
+
+-- The tags of a comma-joined list. The result is read, never changed: no tags share one
+-- table.
 local function split_tags(s)
+  if not s or s == '' then return NO_TAGS end
   local out = {}
-  if s and s ~= '' then
-    for t in string.gmatch(s, '[^,]+') do out[#out + 1] = t end
-  end
+  for t in string.gmatch(s, '[^,]+') do out[#out + 1] = t end
   return out
 end
 
@@ -198,10 +209,10 @@ end
 -- this assignment must present): its record now, its indexes and the worker's inbox through
 -- batch b. The caller charges the worker.
 local function assign(id, w, lease, now, b)
-  redis.call('HSET', task_key(id), 'state', 'assigned', 'worker', w, 'assigned_at', now,
+  redis.call('HSET', task_key(id), 'state', 'assigned', 'worker', w, 'assigned_at', ts(now),
     'lease', lease)
   later(b, 'zrem', key('pending'), id)
-  later(b, 'zadd', key('assigned'), now, id)
+  later(b, 'zadd', key('assigned'), ts(now), id)
   later(b, 'sadd', held_key(w), id)
   later(b, 'rpush', inbox_key(w), id)
 end
@@ -218,12 +229,12 @@ local START_FIELDS = { 'lease', 'attempts', 'runs', 'timeout_ms', 'kind', 'paylo
 local function start(id, w, h, o, cost, lease, now, b, fresh)
   local tk, attempt, runs = task_key(id), tonumber(h[o + 1]) + 1, (tonumber(h[o + 2]) or 0) + 1
   if fresh then
-    redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'assigned_at', now,
-      'started_at', now, 'attempts', attempt, 'runs', runs)
+    redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'assigned_at',
+      ts(now), 'started_at', ts(now), 'attempts', attempt, 'runs', runs)
     later(b, 'zrem', key('pending'), id)
     later(b, 'sadd', held_key(w), id)
   else
-    redis.call('HSET', tk, 'state', 'running', 'started_at', now, 'attempts', attempt, 'runs',
+    redis.call('HSET', tk, 'state', 'running', 'started_at', ts(now), 'attempts', attempt, 'runs',
       runs)
     later(b, 'zrem', key('assigned'), id)
   end
@@ -538,9 +549,9 @@ end
 -- flushes it and trims with finish_done()), or nil to write them now. `job`: the task's
 -- {job, chunk} fields when the caller has read them.
 local function settle(id, state, field, body, now, b, job)
-  redis.call('HSET', task_key(id), 'state', state, 'finished_at', now, field, body)
+  redis.call('HSET', task_key(id), 'state', state, 'finished_at', ts(now), field, body)
   if b then
-    later(b, 'zadd', key(state), now, id)
+    later(b, 'zadd', key(state), ts(now), id)
     b.events[#b.events + 1] = id
     if state ~= 'failed' then b.settled[state] = (b.settled[state] or 0) + 1 end
   else
@@ -564,7 +575,7 @@ local function new_task(id, queue, kind, payload, priority, cost, tags, max_atte
   redis.call('HSET', tk, 'id', id, 'queue', queue, 'kind', kind, 'payload', payload,
     'priority', priority, 'cost', cost, 'tags', tags, 'max_attempts', max_attempts,
     'timeout_ms', timeout_ms, 'state', state, 'order', order, 'attempts', '0', 'lease', '0',
-    'submitted_at', now)
+    'submitted_at', ts(now))
   if extra and #extra > 0 then redis.call('HSET', tk, unpack(extra)) end
   if state == 'scheduled' then
     redis.call('HSET', tk, 'run_at', due)
