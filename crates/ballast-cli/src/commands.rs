@@ -39,8 +39,9 @@ pub struct WorkerArgs {
     /// How often this worker looks for dead workers in its queue.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     recovery_period: Duration,
-    /// Longest wait between promotions of due scheduled tasks.
-    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    /// Longest wait between promotions of due scheduled tasks when nothing wakes the loop
+    /// (scheduling a task wakes it at once).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     promote_period: Duration,
     /// Backoff before the second attempt of a failed task; doubles each time.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]

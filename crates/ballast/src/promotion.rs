@@ -2,11 +2,14 @@
 //! has come go back to pending and are placed.
 //!
 //! Each step is one idempotent script call (`promote_tasks.lua`) that every worker runs; a
-//! task is promoted by exactly one of them. The loop sleeps until the next scheduled task is
-//! due, but never longer than its period, so a task scheduled meanwhile waits at most that.
+//! task is promoted by exactly one of them. Between steps the loop blocks on the queue's
+//! wake list, which every script that schedules a task pushes to, until the next scheduled
+//! task is due or its period passes: an idle queue costs one blocking call per period, and a
+//! task scheduled meanwhile is seen at once.
 
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
 use crate::store::Store;
@@ -21,10 +24,30 @@ pub(crate) struct Promotion {
 impl Promotion {
     /// Promotes due tasks until `stop` turns true.
     pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut conn: Option<MultiplexedConnection> = None;
         loop {
             let wait = self.step().await;
+            if conn.is_none() {
+                conn = self.store.blocking_connection().await.ok();
+            }
+            let woken = async {
+                match conn.as_mut() {
+                    Some(c) => self.store.wait_scheduled(c, &self.queue, wait).await,
+                    None => {
+                        tokio::time::sleep(wait).await;
+                        Ok(false)
+                    }
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {},
+                r = woken => {
+                    if let Err(e) = r {
+                        tracing::warn!(queue = %self.queue, error = %e, "promotion wait failed");
+                        conn = None;
+                        // Not at once: Redis may be down.
+                        tokio::time::sleep(wait.min(Duration::from_millis(250))).await;
+                    }
+                }
                 _ = stopped(&mut stop) => return,
             }
         }

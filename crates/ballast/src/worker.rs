@@ -42,7 +42,9 @@ pub struct WorkerConfig {
     /// How often this worker runs the recovery step for its queue. Default 1 s.
     pub recovery_period: Duration,
     /// Longest wait between promotion steps (scheduled tasks whose time has come go to
-    /// pending); the step also wakes when the next one is due. Default 250 ms.
+    /// pending). The step runs when the next scheduled task is due, and at once when a task
+    /// is scheduled (a blocking wait, not a poll), so this only bounds an idle loop. Default
+    /// 5 s.
     pub promote_period: Duration,
     /// Backoff before the second attempt; each later one doubles it. Default 1 s.
     pub retry_base: Duration,
@@ -59,7 +61,7 @@ impl Default for WorkerConfig {
             heartbeat_interval: Duration::from_secs(1),
             dead_after: Duration::from_secs(5),
             recovery_period: Duration::from_secs(1),
-            promote_period: Duration::from_millis(250),
+            promote_period: Duration::from_secs(5),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(600),
             grace_period: Duration::from_secs(30),

@@ -487,6 +487,31 @@ async fn a_delayed_task_starts_no_earlier_than_its_time() {
     run.await.expect("join").expect("run");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_a_task_wakes_an_idle_promotion_loop() {
+    let env = Env::start().await;
+    // The loop's idle wait is an hour: the task below can only be promoted in time if
+    // scheduling it wakes the loop, which then sleeps until its time.
+    let config = WorkerConfig {
+        promote_period: Duration::from_secs(3600),
+        ..FAST
+    };
+    let (stop, run) = spawn(worker(&env.store, "w", 1).config(config));
+    wait_registered(&env, "w").await;
+    let spec = TaskSpec::new("q", "add")
+        .payload(json!({"a": 2, "b": 3}))
+        .delay(Duration::from_millis(200));
+    env.client.submit(&spec).await.expect("submit");
+    let t = env
+        .client
+        .wait("q", &spec.id, Duration::from_secs(20))
+        .await
+        .expect("promoted long before the idle wait ends");
+    assert_eq!((t.state, t.result), (TaskState::Succeeded, Some(json!(5))));
+    stop.send(()).expect("stop");
+    run.await.expect("join").expect("run");
+}
+
 #[test]
 fn backoff_doubles_with_bounded_jitter_and_stops_at_the_maximum() {
     let c = WorkerConfig {

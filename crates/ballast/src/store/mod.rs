@@ -740,6 +740,23 @@ impl Store {
         Ok(got.map(|(_, id)| id))
     }
 
+    /// Waits up to `timeout` for a task to be scheduled on the queue (a delayed submit or a
+    /// retry): the promotion loop's wake-up. Uses `conn`, a [`Store::blocking_connection`].
+    /// A zero timeout returns at once.
+    pub async fn wait_scheduled(
+        &self,
+        conn: &mut MultiplexedConnection,
+        queue: &str,
+        timeout: Duration,
+    ) -> Result<bool> {
+        if timeout < Duration::from_millis(1) {
+            return Ok(false);
+        }
+        let key = format!("{}wake", prefix(queue));
+        let got: Option<(String, String)> = conn.blpop(key, timeout.as_secs_f64()).await?;
+        Ok(got.is_some())
+    }
+
     /// Marks up to `max` tasks of the worker's inbox running (`given` ids first, already
     /// popped by [`Store::wait_inbox`]) and returns them. Claims nothing when `epoch` is not
     /// the worker's current one.

@@ -562,6 +562,15 @@ local function settle(id, state, field, body, now, b, job)
   job_task_settled(id, state, body, now, job)
 end
 
+-- Queue task `id` in scheduled, to run at `due` (ms), and wake a promotion loop: they wait
+-- on P .. 'wake' (a blocking pop) rather than poll, so a task scheduled while they sleep
+-- is not missed. The list holds one element at most.
+local function schedule(id, due)
+  redis.call('ZADD', key('scheduled'), due, id)
+  redis.call('LPUSH', key('wake'), '1')
+  redis.call('LTRIM', key('wake'), 0, 0)
+end
+
 -- Store a new task record and queue it (pending, or scheduled when `due` is ahead). `extra`
 -- holds further fields (a job's map tasks carry `job` and `chunk`). A caller storing many
 -- passes `b`, a batch that takes the pending entry, and `seq`, the task's sequence number
@@ -579,7 +588,7 @@ local function new_task(id, queue, kind, payload, priority, cost, tags, max_atte
   if extra and #extra > 0 then redis.call('HSET', tk, unpack(extra)) end
   if state == 'scheduled' then
     redis.call('HSET', tk, 'run_at', due)
-    redis.call('ZADD', key('scheduled'), due, id)
+    schedule(id, due)
   elseif b then
     later(b, 'zadd', key('pending'), order, id)
   else
@@ -769,7 +778,7 @@ local function finish_one(w, id, lease, outcome, body, delay, now, b)
   elseif outcome == 'retry' then
     local due = now + delay
     redis.call('HSET', tk, 'state', 'scheduled', 'error', body, 'run_at', due)
-    redis.call('ZADD', key('scheduled'), due, id)
+    schedule(id, due)
   else
     settle(id, 'failed', 'error', body, now, b, job)
   end

@@ -65,7 +65,7 @@ for _, id in ipairs(expired) do
       finished_at = now, outcome = 'retry', error = err })
     if tonumber(h[4]) < tonumber(h[5]) then
       redis.call('HSET', tk, 'state', 'scheduled', 'error', err, 'run_at', now)
-      redis.call('ZADD', key('scheduled'), now, id)
+      schedule(id, now)
     else
       settle(id, 'failed', 'error', err, now)
     end
