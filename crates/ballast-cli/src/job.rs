@@ -215,8 +215,12 @@ async fn run_job(url: &str, a: RunArgs) -> Result<(), CliError> {
         }
     }
     drop(rx);
-    let cut = tokio::task::block_in_place(|| cutter.join())
-        .map_err(|_| CliError::Io("the chunking thread panicked".into()))?;
+    // The channel is closed, so the thread is ending; joining it blocks, so off the runtime.
+    let cut = tokio::task::spawn_blocking(move || cutter.join())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| CliError::Io("the chunking thread panicked".into()))?;
     if let Err(e) = uploaded.and(cut.map(|_| ())) {
         upload.abort().await?;
         return Err(e);
