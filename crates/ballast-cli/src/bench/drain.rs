@@ -8,7 +8,8 @@ use ballast::{Client, TaskSpec, TaskState};
 use serde_json::{json, Value};
 
 use super::{
-    finished, payload, registered, spawn_worker, table, with_cost, Bench, BenchArgs, COST_COLUMNS,
+    finished, payload, registered, sampled_record_bytes, spawn_worker, table, with_cost, Bench,
+    BenchArgs, COST_COLUMNS,
 };
 use crate::CliError;
 
@@ -16,6 +17,7 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     let sweep: &[usize] = if a.quick { &[8, 32] } else { &[16, 64, 256] };
     let mut rows = Vec::new();
     let (mut best, mut pending_bytes, mut finished_bytes) = (0.0f64, 0.0, 0.0);
+    let (mut pending_record, mut finished_record) = (0.0, 0.0);
     for &capacity in sweep {
         let mut b = Bench::new(url).await?;
         let queue = format!("bench-drain-{capacity}");
@@ -28,6 +30,8 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
             client.submit_many(chunk).await?;
         }
         pending_bytes = (b.used_memory().await? - empty) / a.n as f64;
+        let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+        pending_record = sampled_record_bytes(&b.store, &queue, &ids).await?;
         let (store, url) = (b.store.clone(), b.url.clone());
         let (_worker, took, cost) = b
             .measure(a.n, async {
@@ -38,8 +42,8 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
             })
             .await?;
         finished_bytes = (b.used_memory().await? - empty) / a.n as f64;
+        finished_record = sampled_record_bytes(&b.store, &queue, &ids).await?;
         // First start to last finish, from the records (Redis clock, ms).
-        let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
         let records = b.store.task_records(&queue, &ids).await?;
         let (mut first, mut last, mut ok) = (i64::MAX, 0i64, 0usize);
         for r in records.into_iter().flatten() {
@@ -75,5 +79,7 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     out["best_tasks_per_s"] = json!(best.round());
     out["redis_bytes_per_pending_task"] = json!(pending_bytes.round());
     out["redis_bytes_per_finished_task"] = json!(finished_bytes.round());
+    out["record_bytes_pending_sampled"] = json!(pending_record.round());
+    out["record_bytes_finished_sampled"] = json!(finished_record.round());
     Ok(out)
 }

@@ -166,6 +166,19 @@ impl Bench {
     }
 }
 
+/// Mean `MEMORY USAGE` of up to 100 task records spread evenly over `ids`: the record alone,
+/// where the `used_memory` figures also count the indexes.
+pub async fn sampled_record_bytes(
+    store: &Store,
+    queue: &str,
+    ids: &[String],
+) -> Result<f64, CliError> {
+    let step = (ids.len() / 100).max(1);
+    let sample: Vec<String> = ids.iter().step_by(step).take(100).cloned().collect();
+    let sizes = store.task_memory(queue, &sample).await?;
+    Ok(sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64)
+}
+
 /// Starts a `ballast worker` process (this executable) on `url`.
 pub fn spawn_worker(url: &str, queue: &str, id: &str, capacity: usize) -> Result<Child, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::Io(e.to_string()))?;

@@ -519,6 +519,19 @@ impl Store {
         TaskRecord::from_fields(h).map(Some).map_err(Error::Corrupt)
     }
 
+    /// Bytes Redis uses for each of these task records (`MEMORY USAGE`; 0 for an unknown
+    /// task), for measurements.
+    pub async fn task_memory(&self, queue: &str, ids: &[String]) -> Result<Vec<u64>> {
+        let p = prefix(queue);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("MEMORY").arg("USAGE").arg(format!("{p}task:{id}"));
+        }
+        let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+        Ok(sizes.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
     /// Reads many records of one queue in pipelined batches; `None` where a task is unknown.
     pub async fn task_records(
         &self,
