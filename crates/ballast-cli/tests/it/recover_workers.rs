@@ -8,7 +8,7 @@ use ballast::store::{prefix, Finish, Outcome};
 use ballast::{Placement, TaskState};
 use redis::AsyncCommands;
 
-use crate::harness::{task, Env};
+use crate::harness::{qkey, task, Env};
 
 const Q: &str = "jobs";
 const DEAD_AFTER: Duration = Duration::from_secs(5);
@@ -116,7 +116,10 @@ async fn a_recent_heartbeat_is_not_dead() {
         .await
         .expect("recover");
     assert_eq!(r, (0, 0));
-    assert_eq!(env.snapshot().await, before);
+    // Nothing changed but the sweep's pacing key.
+    let mut after = env.snapshot().await;
+    assert!(after.remove(&qkey(Q, "sweep:lock")).is_some());
+    assert_eq!(after, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -212,36 +215,68 @@ async fn a_worker_declared_dead_is_fenced_out() {
     env.assert_sound(Q).await;
 }
 
+/// Makes `w` vanish the way a restore from an older snapshot or a hand-made DEL would: its
+/// tasks then name a worker nobody knows.
+async fn forget_worker(env: &mut Env, w: &str) {
+    let p = prefix(Q);
+    let _: () = env
+        .raw
+        .del(&[format!("{p}worker:{w}"), format!("{p}worker:{w}:tasks")])
+        .await
+        .expect("del");
+    let _: () = env.raw.srem(format!("{p}workers"), w).await.expect("srem");
+    for index in ["heartbeats", "free", "cap"] {
+        let _: () = env.raw.zrem(format!("{p}{index}"), w).await.expect("zrem");
+    }
+}
+
+#[tokio::test]
+async fn the_orphan_sweep_runs_once_per_dead_after_for_the_whole_queue() {
+    let mut env = Env::start().await;
+    env.register(Q, "lost", 1, &[]).await;
+    // A first recovery step sweeps (nothing to find) and holds the sweep off for dead-after.
+    assert_eq!(
+        env.store
+            .recover_workers(Q, DEAD_AFTER)
+            .await
+            .expect("recover"),
+        (0, 0)
+    );
+    let id = env.submit(task(Q, 1)).await;
+    forget_worker(&mut env, "lost").await;
+    env.register(Q, "alive", 1, &[]).await;
+    assert_eq!(
+        env.store
+            .recover_workers(Q, DEAD_AFTER)
+            .await
+            .expect("recover"),
+        (0, 0),
+        "no sweep before the period ends"
+    );
+    // The period ends (the lock expires): the next step, by any worker, sweeps.
+    let _: () = env
+        .raw
+        .del(format!("{}sweep:lock", prefix(Q)))
+        .await
+        .expect("del");
+    assert_eq!(
+        env.store
+            .recover_workers(Q, DEAD_AFTER)
+            .await
+            .expect("recover"),
+        (0, 1)
+    );
+    assert_eq!(env.task_hash(Q, &id).await["worker"], "alive");
+    env.assert_sound(Q).await;
+}
+
 #[tokio::test]
 async fn an_orphan_whose_worker_is_unknown_is_swept() {
     let mut env = Env::start().await;
     env.register(Q, "lost", 1, &[]).await;
     let id = env.submit(task(Q, 1)).await;
     env.claim(Q, "lost", 1).await;
-    // The worker's records vanish (a restore from an older snapshot, a hand-made DEL): its
-    // running task names a worker nobody knows.
-    let p = prefix(Q);
-    let _: () = env
-        .raw
-        .del(&[format!("{p}worker:lost"), format!("{p}worker:lost:tasks")])
-        .await
-        .expect("del");
-    let _: () = env
-        .raw
-        .srem(format!("{p}workers"), "lost")
-        .await
-        .expect("srem");
-    let _: () = env
-        .raw
-        .zrem(format!("{p}heartbeats"), "lost")
-        .await
-        .expect("zrem");
-    let _: () = env
-        .raw
-        .zrem(format!("{p}free"), "lost")
-        .await
-        .expect("zrem");
-    let _: () = env.raw.zrem(format!("{p}cap"), "lost").await.expect("zrem");
+    forget_worker(&mut env, "lost").await;
     env.register(Q, "alive", 1, &[]).await;
 
     let r = env

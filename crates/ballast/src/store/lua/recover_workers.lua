@@ -14,7 +14,8 @@
 --
 -- Each recovery is logged, newest first, in P .. 'recoveries' (a list of JSON objects, the
 -- last 100 kept). Orphans are assigned or running tasks whose worker is not registered: a
--- bounded ZSCAN step per call, its cursor kept in P .. 'sweep:<state>'.
+-- bounded ZSCAN step, its cursor kept in P .. 'sweep:<state>', at most once per dead-after
+-- for the queue (P .. 'sweep:lock' expires then).
 -- Returns {workers declared dead, tasks handed back}.
 
 local dead_after, max_workers = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -34,7 +35,11 @@ for _, w in ipairs(dead) do
   redis.call('LTRIM', key('recoveries'), 0, 99)
 end
 
-for _, state in ipairs({ 'assigned', 'running' }) do
+-- The sweep is a safety net (release_worker hands every task of a dead worker back in one
+-- step): one step per dead-after for the whole queue is enough, whoever runs it, so most
+-- calls skip it and an idle queue's recovery costs a few reads.
+local sweep = redis.call('SET', key('sweep:lock'), '1', 'NX', 'PX', math.max(dead_after, 1))
+for _, state in ipairs(sweep and { 'assigned', 'running' } or {}) do
   local cursor_key = key('sweep:' .. state)
   local cursor = redis.call('GET', cursor_key) or '0'
   local step = redis.call('ZSCAN', key(state), cursor, 'COUNT', 100)
