@@ -1,8 +1,8 @@
 //! The heartbeat loop: tells Redis, on its own clock, that this worker is alive.
 //!
-//! Each beat is one idempotent script call (`heartbeat_worker.lua`) that also runs placement,
-//! so anything a capped placement left behind is placed within one interval. After each beat
-//! the worker takes the cancel requests for its running tasks. A beat refused
+//! Each beat is one function call (`heartbeat_worker.lua`) that also runs placement, so
+//! anything a capped placement left behind is placed within one interval, and hands over the
+//! cancel requests for the worker's running tasks. A beat refused
 //! because this process was declared dead (its epoch is no longer the worker's) is reported
 //! on `lost`: the worker then drops its tasks and registers again.
 
@@ -39,17 +39,12 @@ impl Heartbeat {
             .heartbeat_worker(&self.queue, &self.worker, epoch)
             .await
         {
-            Ok(true) => match self.store.take_cancels(&self.queue, &self.worker).await {
-                Ok(ids) => {
-                    for id in ids {
-                        let _ = self.cancels.send(id);
-                    }
+            Ok(Some(cancels)) => {
+                for id in cancels {
+                    let _ = self.cancels.send(id);
                 }
-                Err(e) => {
-                    tracing::warn!(worker = %self.worker, error = %e, "reading cancel requests failed")
-                }
-            },
-            Ok(false) => {
+            }
+            Ok(None) => {
                 tracing::warn!(worker = %self.worker, epoch, "declared dead by the queue");
                 self.lost.notify_one();
             }

@@ -51,16 +51,22 @@ async fn a_running_task_is_flagged_for_its_worker_and_a_final_one_is_left_alone(
         Cancel::Requested("w".into())
     );
     assert_eq!(env.task_hash(Q, &id).await["state"], "running");
+    // The next heartbeat hands the request to the worker, once.
+    let epoch = env.epoch(Q, "w").await;
     assert_eq!(
-        env.store.take_cancels(Q, "w").await.expect("take"),
-        vec![id.clone()]
+        env.store
+            .heartbeat_worker(Q, "w", epoch)
+            .await
+            .expect("beat"),
+        Some(vec![id.clone()])
     );
-    assert!(env
-        .store
-        .take_cancels(Q, "w")
-        .await
-        .expect("take")
-        .is_empty());
+    assert_eq!(
+        env.store
+            .heartbeat_worker(Q, "w", epoch)
+            .await
+            .expect("beat"),
+        Some(vec![])
+    );
     env.finish(Q, "w", &t, 0).await;
     assert_eq!(
         env.store.cancel_task(Q, &id).await.expect("cancel"),

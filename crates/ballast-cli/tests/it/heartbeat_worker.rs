@@ -31,7 +31,8 @@ async fn records_server_time_and_nothing_else() {
         .store
         .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
         .await
-        .expect("beat"));
+        .expect("beat")
+        .is_some());
     let hi = env.now_ms().await;
 
     let mut after = env.worker_hash(Q, "w").await;
@@ -58,7 +59,8 @@ async fn unknown_worker_returns_false_and_writes_nothing() {
         .store
         .heartbeat_worker(Q, "ghost", env.epoch(Q, "ghost").await)
         .await
-        .expect("beat"));
+        .expect("beat")
+        .is_some());
     assert!(env.keys().await.is_empty());
 
     // A removed worker is unknown too: it must register again.
@@ -72,7 +74,8 @@ async fn unknown_worker_returns_false_and_writes_nothing() {
         .store
         .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
         .await
-        .expect("beat"));
+        .expect("beat")
+        .is_some());
     assert_eq!(env.snapshot().await, before);
     assert!(!env.keys().await.contains(&qkey(Q, "worker:w")));
     env.assert_sound(Q).await;
@@ -91,7 +94,8 @@ async fn a_draining_worker_still_beats_and_stays_out_of_the_free_index() {
         .store
         .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
         .await
-        .expect("beat"));
+        .expect("beat")
+        .is_some());
     let hi = env.now_ms().await;
     let mut h = env.worker_hash(Q, "w").await;
     take_time(&mut h, "heartbeat_at", lo, hi);
@@ -117,7 +121,8 @@ async fn heartbeat_places_work_left_over_by_a_capped_placement() {
         .store
         .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
         .await
-        .expect("beat"));
+        .expect("beat")
+        .is_some());
     let inbox = env.inbox(Q, "w").await;
     let want: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
     assert_eq!(inbox, want);

@@ -395,7 +395,8 @@ async fn look_ahead_stops_after_32_blocked_shapes() {
         .store
         .heartbeat_worker(Q, "small", env.epoch(Q, "small").await)
         .await
-        .expect("beat"));
+        .expect("beat")
+        .is_some());
     assert_eq!(env.worker_int(Q, "small", "assigned").await, 0);
     env.assert_sound(Q).await;
 

@@ -118,6 +118,7 @@ async fn work(
                         .heartbeat_worker(Q, &w, epoch)
                         .await
                         .expect("heartbeat")
+                        .is_some()
                     {
                         break; // removed
                     }

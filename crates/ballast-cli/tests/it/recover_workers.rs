@@ -193,7 +193,8 @@ async fn a_worker_declared_dead_is_fenced_out() {
         .store
         .heartbeat_worker(Q, "paused", old_epoch)
         .await
-        .expect("beat"));
+        .expect("beat")
+        .is_some());
     let none = env
         .store
         .claim_tasks(Q, "paused", old_epoch, &[], 1)
@@ -359,7 +360,8 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
         .store
         .heartbeat_worker(Q, "hung", env.epoch(Q, "hung").await)
         .await
-        .expect("beat"));
+        .expect("beat")
+        .is_some());
     assert_eq!(
         env.store
             .recover_workers(Q, DEAD_AFTER)

@@ -245,9 +245,13 @@ async fn a_chunk_failing_for_good_fails_the_job_and_cancels_the_rest() {
             TaskState::Cancelled
         ]
     );
+    let epoch = env.epoch(Q, "w").await;
     assert_eq!(
-        env.store.take_cancels(Q, "w").await.expect("take"),
-        vec![running[0].id.clone()]
+        env.store
+            .heartbeat_worker(Q, "w", epoch)
+            .await
+            .expect("beat"),
+        Some(vec![running[0].id.clone()])
     );
     finish(&env, "w", &running[0], Outcome::Cancelled).await;
     let j = env.client.job(&jid).await.expect("job");

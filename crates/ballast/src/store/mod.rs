@@ -723,20 +723,32 @@ impl Store {
         }
     }
 
-    /// Records a heartbeat (server time). `false` when the worker is no longer registered
-    /// under `epoch`: it was declared dead, its tasks went to others, and it must drop its
-    /// work and register again.
-    pub async fn heartbeat_worker(&self, queue: &str, worker: &str, epoch: u64) -> Result<bool> {
+    /// Records a heartbeat (server time) and takes the cancel requests for the worker's
+    /// running tasks: `Some(ids)`, each told once. `None` when the worker is no longer
+    /// registered under `epoch`: it was declared dead, its tasks went to others, and it must
+    /// drop its work and register again.
+    pub async fn heartbeat_worker(
+        &self,
+        queue: &str,
+        worker: &str,
+        epoch: u64,
+    ) -> Result<Option<Vec<String>>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let alive: i64 = HEARTBEAT_WORKER
+        let mut reply: Vec<String> = HEARTBEAT_WORKER
             .key(format!("{p}worker:{worker}"))
             .arg(&p)
             .arg(worker)
             .arg(epoch)
             .invoke_async(&mut conn)
             .await?;
-        Ok(alive == 1)
+        match reply.first().map(String::as_str) {
+            Some("1") => Ok(Some(reply.split_off(1))),
+            Some("0") => Ok(None),
+            _ => Err(Error::Corrupt(format!(
+                "heartbeat_worker replied {reply:?}"
+            ))),
+        }
     }
 
     /// Waits up to `timeout` on the worker's inbox and pops one task id. Uses `conn`, a
@@ -938,20 +950,6 @@ impl Store {
             (Some("unknown"), _) => Err(Error::TaskNotFound(id.to_string())),
             _ => Err(Error::Corrupt(format!("cancel_task replied {reply:?}"))),
         }
-    }
-
-    /// Takes the ids of the running tasks the worker was asked to cancel.
-    pub async fn take_cancels(&self, queue: &str, worker: &str) -> Result<Vec<String>> {
-        let key = format!("{}worker:{worker}:cancel", prefix(queue));
-        let mut conn = self.conn.clone();
-        let (ids,): (Vec<String>,) = redis::pipe()
-            .atomic()
-            .smembers(&key)
-            .del(&key)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(ids)
     }
 
     /// Stages chunk payloads of a job not yet submitted (chunk index -> payload JSON), in one

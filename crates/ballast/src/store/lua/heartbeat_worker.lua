@@ -1,19 +1,28 @@
--- heartbeat_worker.lua: record that a worker is alive (server time) and place anything that
--- fits, as a safety net for work left over by a capped placement.
+-- heartbeat_worker.lua: record that a worker is alive (server time), hand it the cancel
+-- requests for its running tasks, and place anything that fits, as a safety net for work
+-- left over by a capped placement.
 --
 -- KEYS[1] hash    the worker record, P .. 'worker:' .. id
 -- ARGV[1] string  queue prefix P = "ballast:{queue}:"
 -- ARGV[2] string  worker id
 -- ARGV[3] int     the epoch register_worker gave this process
 --
--- Returns 1, or 0 when the worker is unknown or registered under another epoch: it was
--- declared dead (its tasks went to others) and must drop its work and register again.
+-- Returns {1, id, ...}: alive, and the running tasks it was asked to cancel since the last
+-- beat (taken: each is told once); or {0} when the worker is unknown or registered under
+-- another epoch: it was declared dead (its tasks went to others) and must drop its work and
+-- register again.
 
 local wk = KEYS[1]
 local w, epoch = ARGV[2], ARGV[3]
-if redis.call('HGET', wk, 'epoch') ~= epoch then return 0 end
+if redis.call('HGET', wk, 'epoch') ~= epoch then return { '0' } end
 local now = now_ms()
 redis.call('HSET', wk, 'heartbeat_at', now)
 redis.call('ZADD', key('heartbeats'), now, w)
 place(now)
-return 1
+local out = { '1' }
+local cancels = wk .. ':cancel'
+if redis.call('EXISTS', cancels) == 1 then
+  for _, id in ipairs(redis.call('SMEMBERS', cancels)) do out[#out + 1] = id end
+  redis.call('DEL', cancels)
+end
+return out
