@@ -55,12 +55,12 @@ async fn records_server_time_and_nothing_else() {
 #[tokio::test]
 async fn unknown_worker_returns_false_and_writes_nothing() {
     let mut env = Env::start().await;
-    assert!(!env
+    assert!(env
         .store
         .heartbeat_worker(Q, "ghost", env.epoch(Q, "ghost").await)
         .await
         .expect("beat")
-        .is_some());
+        .is_none());
     assert!(env.keys().await.is_empty());
 
     // A removed worker is unknown too: it must register again.
@@ -70,12 +70,12 @@ async fn unknown_worker_returns_false_and_writes_nothing() {
         .await
         .expect("remove");
     let before = env.snapshot().await;
-    assert!(!env
+    assert!(env
         .store
         .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
         .await
         .expect("beat")
-        .is_some());
+        .is_none());
     assert_eq!(env.snapshot().await, before);
     assert!(!env.keys().await.contains(&qkey(Q, "worker:w")));
     env.assert_sound(Q).await;

@@ -189,12 +189,12 @@ async fn a_worker_declared_dead_is_fenced_out() {
         .await
         .expect("finish");
     assert_eq!(late, Finish::Stale);
-    assert!(!env
+    assert!(env
         .store
         .heartbeat_worker(Q, "paused", old_epoch)
         .await
         .expect("beat")
-        .is_some());
+        .is_none());
     let none = env
         .store
         .claim_tasks(Q, "paused", old_epoch, &[], 1)
