@@ -114,11 +114,11 @@ async fn work(
                         .expect("claim"),
                 ),
                 None => {
-                    if !store
+                    if store
                         .heartbeat_worker(Q, &w, epoch)
                         .await
                         .expect("heartbeat")
-                        .is_some()
+                        .is_none()
                     {
                         break; // removed
                     }
