@@ -1,0 +1,52 @@
+// BullMQ on the workloads of `ballast bench` (submit one by one, in batches of 1,000, and a
+// drain of pre-submitted no-op jobs by one worker at concurrency 16, 64, 256), with the
+// Redis CPU per job from INFO before and after. It starts its own redis-server on a unix
+// socket in a temporary folder (and flushes it between suites), so it never touches a Redis
+// you run. Usage: npm install && node bench.mjs [n]
+import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Queue, Worker } from 'bullmq';
+import IORedis from 'ioredis';
+
+const dir = mkdtempSync(join(tmpdir(), 'bullmq-bench-'));
+const path = join(dir, 'redis.sock');
+const server = spawn('redis-server', ['--port', '0', '--unixsocket', path, '--save', '',
+  '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
+process.on('exit', () => server.kill());
+const N = parseInt(process.argv[2] || '100000');
+const conn = () => new IORedis({ path, maxRetriesPerRequest: null });
+const admin = conn();
+await new Promise((resolve) => admin.once('ready', resolve));
+const info = async () => {
+  const cpu = await admin.info('cpu');
+  const f = (k) => parseFloat(cpu.match(new RegExp(k + ':([0-9.]+)'))[1]);
+  return f('used_cpu_user') + f('used_cpu_sys');
+};
+const payload = (i) => ({ user: `user-${String(i).padStart(8, '0')}`, action: 'resize', width: 640, height: 480, pad: 'xxxxxxxxxxxxxxxx' });
+async function measure(name, n, fn) {
+  await admin.flushall();
+  const c0 = await info(); const t0 = performance.now();
+  await fn();
+  const t = (performance.now() - t0) / 1000; const c1 = await info();
+  console.log(`${name}: ${Math.round(n / t)}/s, ${((c1 - c0) * 1e6 / n).toFixed(1)} us redis cpu/task`);
+}
+const q = new Queue('b', { connection: conn() });
+await measure('submit one by one', N, async () => { for (let i = 0; i < N; i++) await q.add('noop', payload(i)); });
+await measure('submit bulk 1000', N, async () => {
+  for (let i = 0; i < N; i += 1000) await q.addBulk(Array.from({ length: 1000 }, (_, k) => ({ name: 'noop', data: payload(i + k) })));
+});
+for (const conc of [16, 64, 256]) {
+  await admin.flushall();
+  for (let i = 0; i < N; i += 1000) await q.addBulk(Array.from({ length: 1000 }, (_, k) => ({ name: 'noop', data: payload(i + k) })));
+  const c0 = await info(); const t0 = performance.now();
+  let done = 0;
+  await new Promise((resolve) => {
+    const w = new Worker('b', async () => 1, { connection: conn(), concurrency: conc });
+    w.on('completed', () => { if (++done === N) { w.close().then(resolve); } });
+  });
+  const t = (performance.now() - t0) / 1000; const c1 = await info();
+  console.log(`drain c=${conc}: ${Math.round(N / t)}/s, ${((c1 - c0) * 1e6 / N).toFixed(1)} us redis cpu/task`);
+}
+process.exit(0);
