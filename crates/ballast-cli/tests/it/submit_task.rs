@@ -358,3 +358,18 @@ async fn the_function_library_is_loaded_again_when_redis_lost_it() {
     );
     env.assert_sound(Q).await;
 }
+
+#[tokio::test]
+async fn a_redis_without_functions_is_named_as_too_old() {
+    // FCALL renamed away: what a Redis older than 7.0 answers.
+    let env = Env::start_with(&["--rename-command", "FCALL", ""]).await;
+    let e = env
+        .client
+        .submit(&task(Q, 1))
+        .await
+        .expect_err("no functions");
+    assert!(
+        e.to_string().contains("ballast needs Redis 7.0 or later"),
+        "{e}"
+    );
+}

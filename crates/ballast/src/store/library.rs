@@ -14,7 +14,7 @@
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
-use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
 
 const LIB: &str = include_str!("lua/lib.lua");
 
@@ -103,6 +103,11 @@ impl Call {
                 load(conn).await?;
                 self.cmd.query_async(conn).await
             }
+            Err(e) if e.to_string().contains("unknown command") => Err(RedisError::from((
+                ErrorKind::Client,
+                "this Redis has no functions: ballast needs Redis 7.0 or later",
+                e.to_string(),
+            ))),
             other => other,
         }
     }
