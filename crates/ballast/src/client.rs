@@ -138,8 +138,8 @@ impl Client {
         self.store.find_task(id).await
     }
 
-    /// Waits until the task is finished (succeeded or failed) and returns its record, or
-    /// [`Error::WaitTimedOut`] after `timeout`.
+    /// Waits until the task is finished (succeeded, failed or cancelled) and returns its
+    /// record, or [`Error::WaitTimedOut`] after `timeout`.
     pub async fn wait(&self, queue: &str, id: &str, timeout: Duration) -> Result<TaskRecord> {
         let mut all = self.wait_all(queue, &[id.to_string()], timeout).await?;
         all.pop().ok_or_else(|| Error::TaskNotFound(id.to_string()))
@@ -192,20 +192,11 @@ impl Client {
             };
             let event = timeout_at(until, ev.on_message().next()).await;
             match event {
-                // One event names every task a call settled, space-separated.
+                // One event names every task a call settled (final), space-separated.
                 Ok(Some(msg)) => {
                     let ids: String = msg.get_payload()?;
                     for id in ids.split(' ') {
-                        if !open.contains(id) {
-                            continue;
-                        }
-                        match self.store.task(queue, id).await {
-                            Ok(Some(t)) if t.state.is_terminal() => {
-                                open.remove(id);
-                            }
-                            Ok(_) => {}
-                            Err(_) => resync_at = Instant::now(),
-                        }
+                        open.remove(id);
                     }
                 }
                 // The subscription dropped (a restart): subscribe again and re-read.

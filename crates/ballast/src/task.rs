@@ -424,12 +424,7 @@ impl TaskRecord {
                 .unwrap_or_default(),
             tags: h
                 .get("tags")
-                .map(|t| {
-                    t.split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
+                .map(|t| crate::store::split_tags(t))
                 .unwrap_or_default(),
             worker: h.remove("worker").filter(|w| !w.is_empty()),
             payload: json(h.remove("payload")).unwrap_or(Value::Null),

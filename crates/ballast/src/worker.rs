@@ -248,13 +248,11 @@ impl Worker {
         let (report_stop_tx, report_stop_rx) = watch::channel(false);
         let runner = Arc::new(Runner {
             slots: Arc::new(Semaphore::new(usize::try_from(self.capacity).unwrap_or(1))),
-            claim_max: usize::try_from(self.capacity).unwrap_or(1),
             store: self.store,
             queue: self.queue,
             worker: self.id,
             capacity: self.capacity,
             tags,
-            dead_after: self.config.dead_after,
             config: self.config,
             epoch: Arc::new(AtomicU64::new(epoch)),
             handlers: self.handlers,
@@ -393,13 +391,11 @@ struct Runner {
     worker: String,
     capacity: i64,
     tags: Vec<String>,
-    dead_after: Duration,
     config: WorkerConfig,
     /// The epoch of the current registration; every claim and heartbeat presents it.
     epoch: Arc<AtomicU64>,
     handlers: Handlers,
     slots: Arc<Semaphore>,
-    claim_max: usize,
     /// Tasks claimed and not yet reported.
     in_flight: watch::Sender<usize>,
     /// Handlers running now, by task id, so they can be stopped when the tasks are lost.
@@ -421,6 +417,11 @@ struct Runner {
 }
 
 impl Runner {
+    /// Most tasks one call may start here: every task costs at least one unit.
+    fn claim_max(&self) -> usize {
+        usize::try_from(self.capacity).unwrap_or(1)
+    }
+
     /// Waits on the inbox, claims what arrives, and starts it; until `stop`.
     async fn fetch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut conn = None;
@@ -459,7 +460,7 @@ impl Runner {
                                 &self.worker,
                                 self.epoch.load(Ordering::SeqCst),
                                 &given,
-                                self.claim_max,
+                                self.claim_max(),
                             )
                         })
                         .await;
@@ -585,7 +586,7 @@ impl Runner {
                     &self.worker,
                     self.capacity,
                     &self.tags,
-                    self.dead_after,
+                    self.config.dead_after,
                 )
                 .await
             {
@@ -662,7 +663,7 @@ impl Runner {
                 let (recorded, next) = self
                     .retry("finish", || {
                         self.store
-                            .finish_tasks(&self.queue, &self.worker, &pairs, self.claim_max)
+                            .finish_tasks(&self.queue, &self.worker, &pairs, self.claim_max())
                     })
                     .await;
                 {

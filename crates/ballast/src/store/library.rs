@@ -11,6 +11,7 @@
 //! persistence, a failover to a replica that never had it, `FUNCTION FLUSH`) gets it again
 //! on the first call that finds it missing.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
@@ -18,65 +19,112 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, ToRedisArgs
 
 const LIB: &str = include_str!("lua/lib.lua");
 
-/// Function names and the script bodies they run.
-const BODIES: [(&str, &str); 16] = [
-    ("submit_task", include_str!("lua/submit_task.lua")),
-    ("submit_tasks", include_str!("lua/submit_tasks.lua")),
-    ("register_worker", include_str!("lua/register_worker.lua")),
-    ("heartbeat_worker", include_str!("lua/heartbeat_worker.lua")),
-    ("claim_tasks", include_str!("lua/claim_tasks.lua")),
-    ("finish_task", include_str!("lua/finish_task.lua")),
-    ("finish_tasks", include_str!("lua/finish_tasks.lua")),
-    ("leave_worker", include_str!("lua/leave_worker.lua")),
-    ("recover_workers", include_str!("lua/recover_workers.lua")),
-    ("promote_tasks", include_str!("lua/promote_tasks.lua")),
-    ("retry_dead", include_str!("lua/retry_dead.lua")),
-    ("cancel_task", include_str!("lua/cancel_task.lua")),
-    ("submit_job", include_str!("lua/submit_job.lua")),
-    ("cancel_job", include_str!("lua/cancel_job.lua")),
-    ("purge_dead", include_str!("lua/purge_dead.lua")),
-    ("resync_worker", include_str!("lua/resync_worker.lua")),
+/// One function of the library: its name and the body it runs. Called as
+/// `F.key(k).arg(a)...invoke_async(conn)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Function {
+    name: &'static str,
+    body: &'static str,
+}
+
+impl Function {
+    const fn new(name: &'static str, body: &'static str) -> Function {
+        Function { name, body }
+    }
+}
+
+pub(crate) const SUBMIT_TASK: Function =
+    Function::new("submit_task", include_str!("lua/submit_task.lua"));
+pub(crate) const SUBMIT_TASKS: Function =
+    Function::new("submit_tasks", include_str!("lua/submit_tasks.lua"));
+pub(crate) const REGISTER_WORKER: Function =
+    Function::new("register_worker", include_str!("lua/register_worker.lua"));
+pub(crate) const HEARTBEAT_WORKER: Function =
+    Function::new("heartbeat_worker", include_str!("lua/heartbeat_worker.lua"));
+pub(crate) const CLAIM_TASKS: Function =
+    Function::new("claim_tasks", include_str!("lua/claim_tasks.lua"));
+pub(crate) const FINISH_TASK: Function =
+    Function::new("finish_task", include_str!("lua/finish_task.lua"));
+pub(crate) const FINISH_TASKS: Function =
+    Function::new("finish_tasks", include_str!("lua/finish_tasks.lua"));
+pub(crate) const LEAVE_WORKER: Function =
+    Function::new("leave_worker", include_str!("lua/leave_worker.lua"));
+pub(crate) const RECOVER_WORKERS: Function =
+    Function::new("recover_workers", include_str!("lua/recover_workers.lua"));
+pub(crate) const PROMOTE_TASKS: Function =
+    Function::new("promote_tasks", include_str!("lua/promote_tasks.lua"));
+pub(crate) const RETRY_DEAD: Function =
+    Function::new("retry_dead", include_str!("lua/retry_dead.lua"));
+pub(crate) const CANCEL_TASK: Function =
+    Function::new("cancel_task", include_str!("lua/cancel_task.lua"));
+pub(crate) const SUBMIT_JOB: Function =
+    Function::new("submit_job", include_str!("lua/submit_job.lua"));
+pub(crate) const CANCEL_JOB: Function =
+    Function::new("cancel_job", include_str!("lua/cancel_job.lua"));
+pub(crate) const PURGE_DEAD: Function =
+    Function::new("purge_dead", include_str!("lua/purge_dead.lua"));
+pub(crate) const RESYNC_WORKER: Function =
+    Function::new("resync_worker", include_str!("lua/resync_worker.lua"));
+
+/// Every function of the library.
+const ALL: [Function; 16] = [
+    SUBMIT_TASK,
+    SUBMIT_TASKS,
+    REGISTER_WORKER,
+    HEARTBEAT_WORKER,
+    CLAIM_TASKS,
+    FINISH_TASK,
+    FINISH_TASKS,
+    LEAVE_WORKER,
+    RECOVER_WORKERS,
+    PROMOTE_TASKS,
+    RETRY_DEAD,
+    CANCEL_TASK,
+    SUBMIT_JOB,
+    CANCEL_JOB,
+    PURGE_DEAD,
+    RESYNC_WORKER,
 ];
 
 struct Library {
-    /// `ballast_<hash>`; each function is `<name>_<body name>`.
-    name: String,
     /// The text `FUNCTION LOAD` takes.
     code: String,
+    /// Function name -> the name Redis knows it by, `ballast_<hash>_<name>`.
+    names: HashMap<&'static str, String>,
 }
 
+/// Where the library's name goes in its text before the text is hashed.
+const NAME: &str = "{NAME}";
+
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let mut text = String::from(LIB);
-    for (_, body) in BODIES {
-        text.push_str(body);
-    }
-    // The SHA1 Redis would give the text; 12 hex digits tell versions apart.
-    let hash = redis::Script::new(&text).get_hash()[..12].to_string();
-    let name = format!("ballast_{hash}");
-    let mut code = format!("#!lua name={name}\n{LIB}\n");
-    for (function, body) in BODIES {
+    let mut code = format!("#!lua name={NAME}\n{LIB}\n");
+    for f in ALL {
         // A body sees the call's keys and arguments as KEYS and ARGV, as a script would;
         // the shared code reads the queue prefix, ARGV[1], from P.
         code.push_str(&format!(
-            "redis.register_function('{name}_{function}', function(KEYS, ARGV)\n\
-             P = ARGV[1]\n{body}\nend)\n"
+            "redis.register_function('{NAME}_{}', function(KEYS, ARGV)\n\
+             P = ARGV[1]\n{}\nend)\n",
+            f.name, f.body
         ));
     }
-    Library { name, code }
+    // The SHA1 Redis would give the whole text; 12 hex digits tell versions apart.
+    let hash = redis::Script::new(&code).get_hash()[..12].to_string();
+    let name = format!("ballast_{hash}");
+    Library {
+        code: code.replace(NAME, &name),
+        names: ALL
+            .iter()
+            .map(|f| (f.name, format!("{name}_{}", f.name)))
+            .collect(),
+    }
 });
-
-/// One function of the library, called as `F.key(k).arg(a)...invoke_async(conn)`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Function(pub(crate) &'static str);
 
 impl Function {
     /// A call of this function with its one key (every ballast function takes one, under
     /// the queue's hash tag, so that Cluster routes the call).
     pub(crate) fn key<K: ToRedisArgs>(&self, key: K) -> Call {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg(format!("{}_{}", LIBRARY.name, self.0))
-            .arg(1)
-            .arg(key);
+        cmd.arg(&LIBRARY.names[self.name]).arg(1).arg(key);
         Call { cmd }
     }
 }
@@ -136,15 +184,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_function_is_registered_under_the_versioned_name() {
+    fn the_name_is_the_hash_of_the_whole_text() {
         let lib = &*LIBRARY;
-        assert!(lib.name.starts_with("ballast_") && lib.name.len() == "ballast_".len() + 12);
-        assert!(lib.code.starts_with(&format!("#!lua name={}\n", lib.name)));
-        for (function, _) in BODIES {
-            assert!(lib.code.contains(&format!(
-                "redis.register_function('{}_{function}',",
-                lib.name
-            )));
+        let name = lib.code["#!lua name=".len()..].lines().next().unwrap_or("");
+        // Hashed with the name left out: bodies, shared code, function names and wrappers.
+        let text = lib.code.replace(name, NAME);
+        assert_eq!(
+            &redis::Script::new(&text).get_hash()[..12],
+            name.trim_start_matches("ballast_")
+        );
+        for f in ALL {
+            assert_eq!(lib.names[f.name], format!("{name}_{}", f.name));
         }
     }
 }

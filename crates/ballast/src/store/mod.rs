@@ -1,8 +1,8 @@
-//! The one module that talks to Redis: every key name, every script and every command.
+//! The one module that talks to Redis: every key name, every function and every command.
 //!
-//! Workers, clients and loops call [`Store`] methods named after what they do; each method
-//! that changes state runs one Lua function (a script body in `store/lua/`), so every change
-//! is atomic. The functions form one library with `lua/lib.lua` (key names, server time,
+//! Workers, clients and loops call [`Store`] methods named after what they do; each change
+//! to tasks, workers or jobs is one Lua function call (a body in `store/lua/`), so it is
+//! atomic; only settings and staged job input are written directly. The functions form one library with `lua/lib.lua` (key names, server time,
 //! placement) as its shared code, loaded into Redis on first use (`library.rs`).
 //!
 //! Key layout (all keys of a queue carry its hash tag, `P = "ballast:{queue}:"`) is listed in
@@ -22,29 +22,16 @@ use crate::task::{Checked, TaskRecord, TaskSpec, TaskState};
 
 mod library;
 
-use library::Function;
-
-static SUBMIT_TASK: Function = Function("submit_task");
-static SUBMIT_TASKS: Function = Function("submit_tasks");
-static REGISTER_WORKER: Function = Function("register_worker");
-static HEARTBEAT_WORKER: Function = Function("heartbeat_worker");
-static CLAIM_TASKS: Function = Function("claim_tasks");
-static FINISH_TASK: Function = Function("finish_task");
-static FINISH_TASKS: Function = Function("finish_tasks");
-static LEAVE_WORKER: Function = Function("leave_worker");
-static RECOVER_WORKERS: Function = Function("recover_workers");
-static PROMOTE_TASKS: Function = Function("promote_tasks");
-static RETRY_DEAD: Function = Function("retry_dead");
-static CANCEL_TASK: Function = Function("cancel_task");
-static SUBMIT_JOB: Function = Function("submit_job");
-static CANCEL_JOB: Function = Function("cancel_job");
-static PURGE_DEAD: Function = Function("purge_dead");
-static RESYNC_WORKER: Function = Function("resync_worker");
+use library::{
+    Call, Function, CANCEL_JOB, CANCEL_TASK, CLAIM_TASKS, FINISH_TASK, FINISH_TASKS,
+    HEARTBEAT_WORKER, LEAVE_WORKER, PROMOTE_TASKS, PURGE_DEAD, RECOVER_WORKERS, REGISTER_WORKER,
+    RESYNC_WORKER, RETRY_DEAD, SUBMIT_JOB, SUBMIT_TASK, SUBMIT_TASKS,
+};
 
 /// The error recorded on a task stopped by a cancel request.
 const CANCELLED: &str = "cancelled while running";
 
-/// A submit script's reply for one task.
+/// A submit function's reply for one task.
 fn placement(r: &[String]) -> Result<Placement> {
     match r.first().map(String::as_str) {
         Some("assigned") => Ok(Placement::Assigned(r.get(1).cloned().unwrap_or_default())),
@@ -55,7 +42,7 @@ fn placement(r: &[String]) -> Result<Placement> {
     }
 }
 
-/// An outcome as the finish scripts take it: name, result or error, retry delay.
+/// An outcome as the finish functions take it: name, result or error, retry delay.
 fn outcome_args(outcome: &Outcome) -> (&'static str, &str, Duration) {
     match outcome {
         Outcome::Succeeded(r) => ("succeeded", r.as_str(), Duration::ZERO),
@@ -87,7 +74,8 @@ pub enum Placement {
     Scheduled,
 }
 
-/// A task handed to a worker by [`Store::claim_tasks`] or [`Store::finish_task`].
+/// A task handed to a worker by [`Store::claim_tasks`], [`Store::finish_tasks`] (or
+/// [`Store::finish_task`]) or [`Store::resync_worker`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedTask {
     /// Task id.
@@ -257,11 +245,30 @@ impl WorkerRecord {
     }
 }
 
-fn split_tags(s: &str) -> Vec<String> {
+/// The tags of a comma-joined list, as the records keep them.
+pub(crate) fn split_tags(s: &str) -> Vec<String> {
     s.split(',')
         .filter(|t| !t.is_empty())
         .map(String::from)
         .collect()
+}
+
+/// A submitted task's arguments after its id (and queue), as the submit functions take them.
+fn task_args(call: &mut Call, spec: &TaskSpec, checked: &Checked) {
+    call.arg(&spec.kind)
+        .arg(&checked.payload)
+        .arg(spec.priority)
+        .arg(spec.cost)
+        .arg(checked.tags.join(","))
+        .arg(spec.max_attempts)
+        .arg(spec.timeout_ms)
+        .arg(spec.delay_ms)
+        .arg(spec.not_before_ms);
+}
+
+/// A duration in whole milliseconds, as the functions take them.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The state index (sorted set) each task state lives in; pending tasks may also be parked.
@@ -288,7 +295,7 @@ impl Store {
     /// Connects to Redis at `url` (`redis://host:port/db`, `redis+unix:///path/to.sock`).
     pub async fn connect(url: &str) -> Result<Store> {
         let client = redis::Client::open(url)?;
-        // Scripts that place a large batch can take longer than the client's default 500 ms.
+        // Calls that place a large batch can take longer than the client's default 500 ms.
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_connection_timeout(Some(Duration::from_secs(5)));
@@ -332,10 +339,7 @@ impl Store {
         let mut conn = self.conn.clone();
         conn.hset_multiple::<_, _, _, ()>(
             format!("{}retention", prefix(queue)),
-            &[
-                ("count", count),
-                ("ms", u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
-            ],
+            &[("count", count), ("ms", ms(age))],
         )
         .await?;
         Ok(())
@@ -429,26 +433,14 @@ impl Store {
         let mut conn = self.conn.clone();
         self.remember_queue(&spec.queue, &mut conn).await?;
         let p = prefix(&spec.queue);
-        let reply: Vec<String> = SUBMIT_TASK
-            .key(format!("{p}task:{}", spec.id))
-            .arg(&p)
-            .arg(&spec.id)
-            .arg(&spec.queue)
-            .arg(&spec.kind)
-            .arg(&checked.payload)
-            .arg(spec.priority)
-            .arg(spec.cost)
-            .arg(checked.tags.join(","))
-            .arg(spec.max_attempts)
-            .arg(spec.timeout_ms)
-            .arg(spec.delay_ms)
-            .arg(spec.not_before_ms)
-            .invoke_async(&mut conn)
-            .await?;
+        let mut call = SUBMIT_TASK.key(format!("{p}task:{}", spec.id));
+        call.arg(&p).arg(&spec.id).arg(&spec.queue);
+        task_args(&mut call, spec, checked);
+        let reply: Vec<String> = call.invoke_async(&mut conn).await?;
         placement(&reply)
     }
 
-    /// Stores many checked tasks, a script call per run of tasks of one queue (1,000 at
+    /// Stores many checked tasks, a function call per run of tasks of one queue (1,000 at
     /// most), then places them. A task whose id is already stored is left as it is (a
     /// retried batch is harmless).
     pub async fn submit_tasks(&self, tasks: &[(&TaskSpec, &Checked)]) -> Result<Vec<Placement>> {
@@ -458,7 +450,7 @@ impl Store {
     async fn submit_tasks_once(&self, tasks: &[(&TaskSpec, &Checked)]) -> Result<Vec<Placement>> {
         let mut conn = self.conn.clone();
         let mut out = Vec::with_capacity(tasks.len());
-        // One script call per run of tasks of one queue (a queue is one slot), 1,000 at most.
+        // One call per run of tasks of one queue (a queue is one slot), 1,000 at most.
         for run in tasks.chunk_by(|a, b| a.0.queue == b.0.queue) {
             let queue = &run[0].0.queue;
             self.remember_queue(queue, &mut conn).await?;
@@ -467,16 +459,8 @@ impl Store {
                 let mut call = SUBMIT_TASKS.key(format!("{p}pending"));
                 call.arg(&p).arg(queue);
                 for (spec, checked) in chunk {
-                    call.arg(&spec.id)
-                        .arg(&spec.kind)
-                        .arg(&checked.payload)
-                        .arg(spec.priority)
-                        .arg(spec.cost)
-                        .arg(checked.tags.join(","))
-                        .arg(spec.max_attempts)
-                        .arg(spec.timeout_ms)
-                        .arg(spec.delay_ms)
-                        .arg(spec.not_before_ms);
+                    call.arg(&spec.id);
+                    task_args(&mut call, spec, checked);
                 }
                 let replies: Vec<Vec<String>> = call.invoke_async(&mut conn).await?;
                 for r in replies {
@@ -612,18 +596,13 @@ impl Store {
             }
         }
         ids.truncate(limit);
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.hgetall(format!("{p}task:{id}"));
-        }
-        let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-        rows.into_iter()
-            .filter(|h| !h.is_empty())
-            .map(|h| TaskRecord::from_fields(h).map_err(Error::Corrupt))
-            .collect()
+        // A task trimmed between the two reads is left out.
+        Ok(self
+            .task_records_once(queue, &ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     /// Task counts by state.
@@ -703,14 +682,14 @@ impl Store {
     ) -> Result<u64> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        conn.sadd::<_, _, ()>(QUEUES_KEY, queue).await?;
+        self.remember_queue(queue, &mut conn).await?;
         let reply: Vec<String> = REGISTER_WORKER
             .key(format!("{p}worker:{worker}"))
             .arg(&p)
             .arg(worker)
             .arg(capacity)
             .arg(tags.join(","))
-            .arg(u64::try_from(dead_after.as_millis()).unwrap_or(u64::MAX))
+            .arg(ms(dead_after))
             .invoke_async(&mut conn)
             .await?;
         match reply.first().map(String::as_str) {
@@ -844,7 +823,7 @@ impl Store {
             .arg(state)
             .arg(body)
             .arg(claim_max)
-            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+            .arg(ms(delay))
             .invoke_async(&mut conn)
             .await?;
         match status.as_str() {
@@ -875,7 +854,7 @@ impl Store {
                 .arg(task.lease)
                 .arg(state)
                 .arg(body)
-                .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                .arg(ms(delay));
         }
         let (recorded, rows): (Vec<i64>, Vec<Vec<String>>) = call.invoke_async(&mut conn).await?;
         Ok((
@@ -910,7 +889,7 @@ impl Store {
         let (dead, back): (u64, u64) = RECOVER_WORKERS
             .key(format!("{p}heartbeats"))
             .arg(&p)
-            .arg(u64::try_from(dead_after.as_millis()).unwrap_or(u64::MAX))
+            .arg(ms(dead_after))
             .arg(100)
             .invoke_async(&mut conn)
             .await?;
@@ -1005,10 +984,8 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         match reply.first().map(String::as_str) {
-            Some("ok") => {
-                conn.sadd::<_, _, ()>(QUEUES_KEY, &h.queue).await?;
-                Ok(())
-            }
+            // Listed only once it exists: a refused job writes nothing.
+            Some("ok") => self.remember_queue(&h.queue, &mut conn).await,
             Some("exists") => Err(Error::Corrupt(format!("job {} already exists", h.id))),
             Some("missing") => Err(Error::Corrupt(format!(
                 "job {}: {} of {total} chunks were staged",
@@ -1121,12 +1098,12 @@ impl Store {
         self.dead_letters(&PURGE_DEAD, queue, ids).await
     }
 
-    async fn dead_letters(&self, script: &Function, queue: &str, ids: &[String]) -> Result<u64> {
+    async fn dead_letters(&self, function: &Function, queue: &str, ids: &[String]) -> Result<u64> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let mut n = 0;
         for chunk in ids.chunks(1000) {
-            let done: u64 = script
+            let done: u64 = function
                 .key(format!("{p}failed"))
                 .arg(&p)
                 .arg(chunk)

@@ -26,7 +26,7 @@ local now = now_ms()
 local b = new_batch()
 local freed = finish_one(w, id, lease, outcome, body, delay, now, b)
 if not freed then return { 'stale', {} } end
-finish_done(w, b, freed, 1, now)
+finish_done(w, b, freed, now)
 place(now)
 
 local claimed = {}

@@ -15,14 +15,14 @@
 
 local w, claim_max = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
-local recorded, b, freed, n = {}, new_batch(), 0, 0
+local recorded, b, freed = {}, new_batch(), 0
 for i = 4, #ARGV, 5 do
   local cost = finish_one(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
     tonumber(ARGV[i + 4]), now, b)
-  if cost then freed, n = freed + cost, n + 1 end
+  if cost then freed = freed + cost end
   recorded[#recorded + 1] = cost and 1 or 0
 end
-finish_done(w, b, freed, n, now)
+finish_done(w, b, freed, now)
 -- Tasks placed here start at once; then the inbox tops up the claim (tasks assigned to w
 -- by other calls and not yet taken).
 local me

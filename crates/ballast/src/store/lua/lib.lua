@@ -1,8 +1,9 @@
 -- lib.lua: the shared code of ballast's function library (store/library.rs builds the
 -- library from it and one function per script body in this folder).
 --
--- It owns three things that must be written once: key names, server time, and the one
--- placement routine that every script changing supply or demand calls.
+-- It holds what must be written once: key names, server time, the one placement routine
+-- that every function changing supply or demand calls, the batches that gather index
+-- writes, and the task life cycle steps (start, finish, settle, requeue, cancel).
 --
 -- Every function receives the queue prefix as ARGV[1]: "ballast:{<queue>}:", and stores it
 -- in P before anything else runs (store/library.rs wraps each body so). All keys below are
@@ -221,6 +222,13 @@ end
 local START_FIELDS = { 'lease', 'attempts', 'runs', 'timeout_ms', 'kind', 'payload',
   'max_attempts', 'role' }
 
+-- The record a worker gets for a task it starts: {id, kind, payload, lease, cost,
+-- timeout_ms, max_attempts, attempt, role}; h[o] .. h[o + 7] are its START_FIELDS.
+local function claimed_row(id, h, o, cost, lease, attempt)
+  return { id, h[o + 4], h[o + 5], tostring(lease), cost, h[o + 3], h[o + 6], tostring(attempt),
+    h[o + 7] or '' }
+end
+
 -- Start task `id` on worker w: running under `lease`, its deadline (start + timeout) the
 -- score in the running index. h[o] .. h[o + 7] are its START_FIELDS. `fresh`: it comes
 -- straight from pending (placed and started in one step, with no inbox in between); else it
@@ -241,8 +249,7 @@ local function start(id, w, h, o, cost, lease, now, b, fresh)
   -- The lease: when the attempt must be over by. The worker's own timer stops the handler
   -- first; recovery expires the lease if a hung worker never reports.
   later(b, 'zadd', key('running'), now + tonumber(h[o + 3]), id)
-  return { id, h[o + 4], h[o + 5], tostring(lease), cost, h[o + 3], h[o + 6], tostring(attempt),
-    h[o + 7] or '' }
+  return claimed_row(id, h, o, cost, lease, attempt)
 end
 
 -- Charge `cost` to worker w in Redis at once (its record and free indexes).
@@ -260,7 +267,8 @@ local VIEW = 16
 -- with the most free capacity and `bound`, the score of the next one (-1 when none): a
 -- worker of the view whose score is above the bound is the best of all. When the view
 -- cannot tell, it is written back (view_sync) and the index decides.
-local function view_new() return { loaded = false } end
+-- `top`: the largest free capacity, when the caller has just read it.
+local function view_new(top) return { loaded = false, top = top } end
 
 local function view_load(v)
   local r = redis.call('ZREVRANGE', free_key(), 0, VIEW, 'WITHSCORES')
@@ -287,7 +295,11 @@ local function view_sync(v)
 end
 
 local function view_max_free(v)
-  if not v.loaded then return max_free() end
+  if not v.loaded then
+    local top = v.top or max_free()
+    v.top = nil
+    return top
+  end
   local best = v.bound < 0 and 0 or math.floor(v.bound / SHIFT)
   for _, w in ipairs(v.ws) do
     if v.free[w] > best then best = v.free[w] end
@@ -335,23 +347,6 @@ local function save_ticks(t)
   if t.used > 0 then redis.call('SET', key('tick'), t.base + t.used) end
 end
 
--- Place pending tasks: highest priority first, FIFO within a priority, each on the eligible
--- worker with the most free capacity that fits it.
---
--- One sweep down the pending order. A task that fits nowhere now reserves the worker it will
--- run on (no smaller task goes there in this call) and the tasks behind it go around it. Its
--- shape (tags and cost) is then known to be blocked for the rest of the call, because free
--- capacity only shrinks within a call: later tasks of the same shape are stepped over at
--- the cost of one HMGET and without using look-ahead. The sweep stops after LOOKAHEAD
--- blocked shapes or MAX_SCAN tasks stepped over, so one call reads at most MAX_PLACE +
--- MAX_SCAN tasks besides those it parks.
--- A task that no accepting worker could ever run is parked until a new worker joins.
--- Placed and parked tasks leave pending when the call's batch is flushed at its end.
--- `me` (optional) is {w = worker, max = n, out = {}}: tasks placed on that worker, up to n,
--- are started at once and their records appended to `out` (a worker that reports finished
--- tasks gets its next ones in the same call, with no inbox round trip).
--- `got` (optional): a table that receives got[id] = worker for every task placed.
--- Returns the number of tasks placed.
 -- Baseline policies, for `ballast bench` only (a queue gets one by setting P .. 'policy'):
 -- they place with the same code paths so that the comparison with place() is fair.
 --   count: a worker takes tasks while it holds fewer than `capacity` of them (a pull with
@@ -360,7 +355,7 @@ end
 --          cost), which never oversubscribes;
 --   round-robin / random: every pending task at once, to the next or a random worker,
 --          whatever its load.
-local function place_baseline(policy, now)
+local function place_baseline(policy, now, got)
   local workers = redis.call('ZRANGE', cap_key(), 0, -1)
   if #workers == 0 then return 0 end
   table.sort(workers)
@@ -392,6 +387,7 @@ local function place_baseline(policy, now)
     local b = new_batch()
     assign(id, w, tonumber(h[2]) + 1, now, b)
     flush_batch(b)
+    if got then got[id] = w end
     charge(w, tonumber(h[1]), next_tick(ticks))
     placed = placed + 1
   end
@@ -399,12 +395,30 @@ local function place_baseline(policy, now)
   return placed
 end
 
+-- Place pending tasks: highest priority first, FIFO within a priority, each on the eligible
+-- worker with the most free capacity that fits it.
+--
+-- One sweep down the pending order. A task that fits nowhere now reserves the worker it will
+-- run on (no smaller task goes there in this call) and the tasks behind it go around it. Its
+-- shape (tags and cost) is then known to be blocked for the rest of the call, because free
+-- capacity only shrinks within a call: later tasks of the same shape are stepped over at
+-- the cost of one HMGET and without using look-ahead. The sweep stops after LOOKAHEAD
+-- blocked shapes or MAX_SCAN tasks stepped over, so one call reads at most MAX_PLACE +
+-- MAX_SCAN tasks besides those it parks.
+-- A task that no accepting worker could ever run is parked until a new worker joins.
+-- Placed and parked tasks leave pending when the call's batch is flushed at its end.
+-- `me` (optional) is {w = worker, max = n, out = {}}: tasks placed on that worker, up to n,
+-- are started at once and their records appended to `out` (a worker that reports finished
+-- tasks gets its next ones in the same call, with no inbox round trip).
+-- `got` (optional): a table that receives got[id] = worker for every task placed.
+-- Returns the number of tasks placed.
 local function place(now, me, got)
   local policy = redis.call('GET', key('policy'))
-  if policy then return place_baseline(policy, now) end
+  if policy then return place_baseline(policy, now, got) end
   -- No worker has room: the usual state during a burst of submits, so it costs one read.
-  if max_free() == 0 then return 0 end
-  local b, v, ticks = new_batch(), view_new(), tick_source()
+  local top = max_free()
+  if top == 0 then return 0 end
+  local b, v, ticks = new_batch(), view_new(top), tick_source()
   local placed, reserved, blocked = 0, {}, {}
   local budget, seen, stepped = LOOKAHEAD, 0, 0
   local done = false
@@ -683,7 +697,7 @@ end
 -- fault, so it gives its attempt back; `runs` still counts it. But a task whose runs were cut
 -- short more than max_attempts times is likely what kills its workers: from then on the run
 -- counts, and once its attempts are spent it goes to the dead letters instead of looping.
--- The caller re-indexes w and calls place().
+-- The caller calls place().
 local function requeue(id, w, now)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'max_attempts')
@@ -754,25 +768,23 @@ end
 -- once for however many tasks it finishes.
 local function finish_one(w, id, lease, outcome, body, delay, now, b)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'job')
+  local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'job', 'chunk')
   if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return false end
   later(b, 'zrem', key('running'), id)
   later(b, 'srem', held_key(w), id)
   b.done[#b.done + 1] = id
   if outcome == 'succeeded' then
-    local job = NO_JOB
-    if h[5] then job = { h[5], redis.call('HGET', tk, 'chunk') } end
-    settle(id, 'succeeded', 'result', body, now, b, job)
+    settle(id, 'succeeded', 'result', body, now, b, h[5] and { h[5], h[6] } or NO_JOB)
     return tonumber(h[4])
   end
   -- The rest is read only for the outcomes that need it.
-  local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history', 'chunk')
+  local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history')
   local attempts, max_attempts = tonumber(r[1]), tonumber(r[2])
   -- A retry with no attempts left is the task's last failure.
   if outcome == 'retry' and attempts >= max_attempts then outcome = 'failed' end
   append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(r[3]),
     finished_at = now, outcome = outcome, error = body }, r[4])
-  local job = { h[5], r[5] }
+  local job = { h[5], h[6] }
   if outcome == 'cancelled' then
     settle(id, 'cancelled', 'error', body, now, b, job)
   elseif outcome == 'retry' then
@@ -785,18 +797,16 @@ local function finish_one(w, id, lease, outcome, body, delay, now, b)
   return tonumber(h[4])
 end
 
--- After finish_one() calls for worker w: `n` tasks recorded, freeing `freed` units. Writes
--- the worker's load and count and batch b, then trims what the finishes settled.
-local function finish_done(w, b, freed, n, now)
+-- After finish_one() calls for worker w that recorded the tasks in b.done, freeing `freed`
+-- units. Writes the worker's load and count and batch b, then trims what they settled.
+local function finish_done(w, b, freed, now)
+  local n = #b.done
   if n > 0 then
     redis.call('HINCRBY', worker_key(w), 'assigned', -freed)
     redis.call('HINCRBY', worker_key(w), 'finished', n)
     index_worker(w)
-  end
-  -- Cancel requests for tasks that ended anyway are void.
-  local cancels = worker_key(w) .. ':cancel'
-  if #b.done > 0 and redis.call('EXISTS', cancels) == 1 then
-    redis.call('SREM', cancels, unpack(b.done))
+    -- Cancel requests for tasks that ended anyway are void.
+    redis.call('SREM', worker_key(w) .. ':cancel', unpack(b.done))
   end
   b.done = {}
   flush_batch(b)
@@ -806,7 +816,7 @@ end
 
 -- Store one submitted task (ARGV-style strings). Returns "exists" when the id is taken
 -- (nothing written), "scheduled" when its time is ahead, or nil: pending, to be placed and
--- then told with submitted_placement().
+-- then told with submitted_placements().
 local function submit_one(id, queue, kind, payload, priority, cost, tags, max_attempts,
                           timeout_ms, delay, not_before, now, b, seq)
   if redis.call('EXISTS', task_key(id)) == 1 then return 'exists' end
@@ -817,27 +827,12 @@ local function submit_one(id, queue, kind, payload, priority, cost, tags, max_at
   return nil
 end
 
--- Where a task submitted as pending went once placement ran: {"assigned", worker},
--- {"parked"} or {"pending"}. place() does not run while every worker is full, so a task
--- no live worker could ever run is parked here all the same and `parked` means the same
--- whatever the load; with no worker at all it stays pending (nothing can yet be incapable
--- of running it).
-local function submitted_placement(id)
-  local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', 'tags')
-  if h[1] == 'assigned' then return { 'assigned', h[2] } end
-  local order = redis.call('ZSCORE', key('pending'), id)
-  if not order then return { h[1] == 'pending' and 'parked' or h[1] } end
-  if redis.call('EXISTS', cap_key()) == 1 and not capable(tonumber(h[3]), split_tags(h[4])) then
-    redis.call('ZREM', key('pending'), id)
-    redis.call('ZADD', key('parked'), order, id)
-    return { 'parked' }
-  end
-  return { 'pending' }
-end
-
--- submitted_placement() for a batch, without reading any task back: ids[k] was submitted
--- as pending with costs[k] and tags[k], and `got` is what place() filled in. Returns the
--- replies, by k.
+-- Where tasks submitted as pending went once placement ran, without reading them back:
+-- ids[k] was submitted with costs[k] and tags[k], and `got` is what place() filled in.
+-- Returns, by k, {"assigned", worker}, {"parked"} or {"pending"}. place() does not run
+-- while every worker is full, so a task no live worker could ever run is parked here all
+-- the same and `parked` means the same whatever the load; with no worker at all it stays
+-- pending (nothing can yet be incapable of running it).
 local function submitted_placements(ids, costs, tags, got)
   local out, rest = {}, {}
   for k, id in ipairs(ids) do

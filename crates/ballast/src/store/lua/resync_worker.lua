@@ -25,9 +25,8 @@ local out = {}
 for _, id in ipairs(held) do
   local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', unpack(START_FIELDS))
   if h[1] == 'running' and h[2] == w then
-    -- h[4 ..] are START_FIELDS: lease, attempts, runs, timeout_ms, kind, payload,
-    -- max_attempts, role.
-    out[#out + 1] = { id, h[8], h[9], h[4], h[3], h[7], h[10], h[5], h[11] or '' }
+    -- h[4 ..] are START_FIELDS: lease, then attempts (this attempt's number).
+    out[#out + 1] = claimed_row(id, h, 4, h[3], h[4], h[5])
   end
 end
 return out

@@ -23,5 +23,6 @@ local now = now_ms()
 local status = submit_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
   ARGV[9], ARGV[10], ARGV[11] or '0', ARGV[12] or '0', now)
 if status then return { status } end
-place(now)
-return submitted_placement(ARGV[2])
+local got = {}
+place(now, nil, got)
+return submitted_placements({ ARGV[2] }, { ARGV[7] }, { ARGV[8] }, got)[1]
