@@ -346,7 +346,7 @@ async fn finished_tasks_beyond_the_retention_are_deleted_as_new_ones_finish() {
     env.register(Q, "w", 1, &[]).await;
     let mut ids = Vec::new();
     for _ in 0..6 {
-        let id = env.submit(crate::harness::task(Q, 1)).await;
+        let id = env.submit(task(Q, 1)).await;
         let t = env.claim(Q, "w", 1).await.remove(0);
         env.finish(Q, "w", &t, 0).await;
         ids.push(id);

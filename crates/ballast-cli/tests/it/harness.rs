@@ -2,6 +2,7 @@
 //! helpers that seed and read the queue's keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::time::Duration;
 
 use ballast::store::{prefix, ClaimedTask, Finish, Outcome, Store};
@@ -48,7 +49,7 @@ impl Env {
         tokio::task::block_in_place(|| self._server.restart()).expect("restart redis");
     }
 
-    /// Every key in this Redis with its type, sorted: the whole state, for exact asserts.
+    /// The name of every key in this Redis, sorted: the whole key list, for exact asserts.
     pub async fn keys(&mut self) -> Vec<String> {
         let mut keys: Vec<String> = self.raw.keys("*").await.expect("keys");
         keys.sort();
@@ -100,6 +101,30 @@ impl Env {
     pub async fn assert_sound(&self, queue: &str) {
         let bad = self.store.check_queue(queue).await.expect("check");
         assert!(bad.is_empty(), "invariants broken: {bad:#?}");
+    }
+}
+
+/// How long `eventually` waits in the tests: long enough never to cut a slow but working run
+/// short, it only turns a hang into a failure.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `cond` every 10 ms until it is true; panics naming `what` once `timeout` has passed
+/// without it, so a condition that never comes fails the test instead of hanging it.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -10,7 +10,7 @@ use ballast::{JobState, TaskState};
 use serde_json::Value;
 
 use crate::cli::{ballast, stdout, worker_with, FAST};
-use crate::harness::Env;
+use crate::harness::{eventually, Env, WAIT};
 
 /// Writes a text of `lines` lines of words from a small vocabulary (a seeded generator) and
 /// returns its word counts, counted here in one pass.
@@ -107,14 +107,16 @@ async fn a_worker_killed_halfway_changes_nothing_and_the_reduce_runs_once() {
         ],
     ));
     let jid = out.trim().to_string();
-    loop {
-        let j = env.client.job(&jid).await.expect("job");
+    let (client, jid_ref) = (&env.client, jid.as_str());
+    eventually("a third of the chunks are done", WAIT, || async move {
+        let j = client.job(jid_ref).await.expect("job");
         if j.done * 3 >= j.total {
-            break;
+            return true;
         }
         assert_eq!(j.state, JobState::Running, "{j:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        false
+    })
+    .await;
     a.0.kill().expect("kill -9");
     let j = env
         .client
@@ -178,13 +180,12 @@ async fn a_chunk_that_always_fails_fails_the_job_and_leaves_nothing_running() {
         assert!(s.is_terminal() || s == TaskState::Running, "{t} is {s}");
     }
     // A running chunk is asked to stop; once the worker has told, nothing runs.
-    loop {
-        let states = env.store.job_task_states("q", jid).await.expect("states");
-        if states.iter().all(|(_, s)| s.is_terminal()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let store = &env.store;
+    eventually("every task of the job has ended", WAIT, || async move {
+        let states = store.job_task_states("q", jid).await.expect("states");
+        states.iter().all(|(_, s)| s.is_terminal())
+    })
+    .await;
 
     // The same numbers without the bad line sum exactly.
     lines[57] = "58".into();
@@ -288,7 +289,7 @@ async fn exec_runs_only_allowed_programs_without_a_shell_and_kills_on_timeout() 
             std::time::Instant::now() < deadline,
             "sleep 31.7 still runs"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

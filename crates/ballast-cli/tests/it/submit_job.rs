@@ -181,6 +181,10 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
     assert_eq!(results, [r#"{"c":0}"#, r#"{"c":1}"#, r#"{"c":2}"#]);
     let r = env.task_hash(Q, &rid).await;
     assert_eq!((r["role"].as_str(), r["kind"].as_str()), ("reduce", "r"));
+    // The finish that made it also placed it: it waits in b's or c's inbox already.
+    assert_eq!(r["state"], "assigned");
+    let placed_on = r["worker"].clone();
+    assert!(["b", "c"].contains(&placed_on.as_str()), "{placed_on}");
     assert_eq!(r["payload"], format!(r#"{{"chunks":3,"job":"{jid}"}}"#));
     let tasks: Vec<String> = env
         .raw
@@ -190,15 +194,16 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
     assert_eq!(tasks.iter().filter(|t| t.ends_with("-reduce")).count(), 1);
 
     // The reduce's result is the job's.
-    let red = loop {
-        let mut got = Vec::new();
-        for w in ["b", "c"] {
-            got.extend(env.claim(Q, w, 1).await.into_iter().map(|t| (w, t)));
-        }
-        if let Some(x) = got.pop() {
-            break x;
-        }
-    };
+    let mut got = Vec::new();
+    for w in ["b", "c"] {
+        got.extend(env.claim(Q, w, 1).await.into_iter().map(|t| (w, t)));
+    }
+    assert_eq!(got.len(), 1, "{got:?}");
+    let red = got.remove(0);
+    assert_eq!(
+        (red.0, red.1.id.as_str()),
+        (placed_on.as_str(), rid.as_str())
+    );
     finish(
         &env,
         red.0,

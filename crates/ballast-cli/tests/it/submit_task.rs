@@ -1,6 +1,7 @@
 //! Tests of `Store::submit_task` (submit_task.lua): the stored record, where the task goes
 //! (assigned, pending or parked), and that a duplicate id changes nothing.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ballast::{Placement, QueueCounts, TaskSpec, TaskState};
@@ -334,16 +335,54 @@ async fn a_batch_is_placed_task_by_task() {
     env.assert_sound(Q).await;
 }
 
-#[tokio::test]
-async fn the_function_library_is_loaded_again_when_redis_lost_it() {
-    let mut env = Env::start().await;
-    env.submit(task(Q, 1)).await;
-    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+/// The function libraries `FUNCTION LIST` shows, each as its name and the names of its
+/// functions (RESP2 gives each entry as a flat key-value array, RESP3 as a map: both read).
+async fn function_libraries(env: &mut Env) -> Vec<(String, Vec<String>)> {
+    let libraries: Vec<BTreeMap<String, redis::Value>> = redis::cmd("FUNCTION")
         .arg("LIST")
         .query_async(&mut env.raw)
         .await
         .expect("list");
+    libraries
+        .iter()
+        .map(|lib| {
+            let name: String =
+                redis::from_redis_value_ref(&lib["library_name"]).expect("library_name");
+            let functions: Vec<BTreeMap<String, redis::Value>> =
+                redis::from_redis_value_ref(&lib["functions"]).expect("functions");
+            let names = functions
+                .iter()
+                .map(|f| redis::from_redis_value_ref(&f["name"]).expect("function name"))
+                .collect();
+            (name, names)
+        })
+        .collect()
+}
+
+/// Asserts Redis holds one library, ballast's, with its 16 functions, each named
+/// `<library>_<function>`.
+async fn assert_one_ballast_library(env: &mut Env) {
+    let libraries = function_libraries(env).await;
     assert_eq!(libraries.len(), 1, "one ballast library: {libraries:?}");
+    let (name, functions) = &libraries[0];
+    assert!(name.starts_with("ballast_"), "library {name}");
+    assert_eq!(functions.len(), 16, "{name}: {functions:?}");
+    let distinct: BTreeSet<&String> = functions.iter().collect();
+    assert_eq!(distinct.len(), 16, "{name}: {functions:?}");
+    let prefix = format!("{name}_");
+    for f in functions {
+        assert!(
+            f.len() > prefix.len() && f.starts_with(&prefix),
+            "function {f} is not named {prefix}<function>"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_function_library_is_loaded_again_when_redis_lost_it() {
+    let mut env = Env::start().await;
+    env.submit(task(Q, 1)).await;
+    assert_one_ballast_library(&mut env).await;
     // A restart without persistence or a failover to a replica that never had it.
     let _: () = redis::cmd("FUNCTION")
         .arg("FLUSH")
@@ -356,6 +395,7 @@ async fn the_function_library_is_loaded_again_when_redis_lost_it() {
         "pending",
         "the submit after the flush went through"
     );
+    assert_one_ballast_library(&mut env).await;
     env.assert_sound(Q).await;
 }
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use crate::harness::Env;
+use crate::harness::{eventually, Env, WAIT};
 
 const FAST: WorkerConfig = WorkerConfig {
     heartbeat_interval: Duration::from_millis(50),
@@ -64,30 +64,32 @@ fn spawn(w: Worker) -> (oneshot::Sender<()>, JoinHandle<ballast::Result<()>>) {
 }
 
 async fn wait_running(env: &Env, id: &str) {
-    while env
-        .store
-        .task("q", id)
-        .await
-        .expect("read")
-        .expect("task")
-        .state
-        != TaskState::Running
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(&format!("task {id} runs"), WAIT, || async move {
+        env.store
+            .task("q", id)
+            .await
+            .expect("read")
+            .expect("task")
+            .state
+            == TaskState::Running
+    })
+    .await;
 }
 
 async fn wait_registered(env: &Env, id: &str) {
-    while !env
-        .store
-        .workers("q")
-        .await
-        .expect("workers")
-        .iter()
-        .any(|w| w.id == id)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        &format!("worker {id} has registered"),
+        WAIT,
+        || async move {
+            env.store
+                .workers("q")
+                .await
+                .expect("workers")
+                .iter()
+                .any(|w| w.id == id)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +214,8 @@ async fn shutdown_finishes_running_work_then_leaves() {
     let release = Arc::new(Notify::new());
     let started = Arc::new(Notify::new());
     let (r, s) = (Arc::clone(&release), Arc::clone(&started));
-    let w = Worker::new(env.store.clone(), "q", 1)
+    // Capacity 2: with `first` running, `a` still has a free unit that `second` would fit.
+    let w = Worker::new(env.store.clone(), "q", 2)
         .id("a")
         .config(FAST)
         .handle("gate", move |_: TaskContext, _: Value| {
@@ -228,18 +231,20 @@ async fn shutdown_finishes_running_work_then_leaves() {
     let first = TaskSpec::new("q", "gate");
     let second = TaskSpec::new("q", "gate");
     env.client.submit(&first).await.expect("submit");
-    env.client.submit(&second).await.expect("submit");
     started.notified().await;
 
     stop.send(()).expect("stop");
-    // The worker leaves the index while its task runs: nothing new is placed on it.
-    loop {
-        let ws = env.store.workers("q").await.expect("workers");
-        if ws[0].state == "draining" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // The worker leaves the index while its task runs: nothing new is placed on it, though
+    // it has a unit free.
+    let store = &env.store;
+    eventually("worker a is draining", WAIT, || async move {
+        store.workers("q").await.expect("workers")[0].state == "draining"
+    })
+    .await;
+    assert_eq!(
+        env.client.submit(&second).await.expect("submit"),
+        ballast::Placement::Pending
+    );
     assert_eq!(
         env.store
             .task("q", &second.id)
@@ -621,9 +626,11 @@ async fn work_goes_on_across_a_redis_restart() {
         .map(|_| TaskSpec::new("q", "nap").payload(json!(30)))
         .collect();
     env.client.submit_many(&specs).await.expect("submit");
-    while env.store.counts("q").await.expect("counts").succeeded < 10 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let store = &env.store;
+    eventually("10 tasks have succeeded", WAIT, || async move {
+        store.counts("q").await.expect("counts").succeeded >= 10
+    })
+    .await;
     env.restart_redis();
     let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
     let r = env
