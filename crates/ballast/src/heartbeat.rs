@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 use crate::store::Store;
 use crate::worker::every;
@@ -21,7 +21,8 @@ pub(crate) struct Heartbeat {
     pub(crate) worker: String,
     pub(crate) interval: Duration,
     pub(crate) epoch: Arc<AtomicU64>,
-    pub(crate) lost: Arc<Notify>,
+    /// The epoch a refused beat presented: this process was declared dead under it.
+    pub(crate) lost: mpsc::UnboundedSender<u64>,
     /// Running tasks the queue asked this worker to cancel.
     pub(crate) cancels: mpsc::UnboundedSender<String>,
 }
@@ -46,7 +47,7 @@ impl Heartbeat {
             }
             Ok(None) => {
                 tracing::warn!(worker = %self.worker, epoch, "declared dead by the queue");
-                self.lost.notify_one();
+                let _ = self.lost.send(epoch);
             }
             Err(e) => tracing::warn!(worker = %self.worker, error = %e, "heartbeat failed"),
         }

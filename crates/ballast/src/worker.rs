@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::AbortHandle;
 
 use crate::error::{Error, Invalid, Result};
@@ -240,7 +240,7 @@ impl Worker {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (in_flight, _) = watch::channel(0usize);
-        let lost = Arc::new(Notify::new());
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
         let (cancel_tx, cancel_rx) = mpsc::unbounded_channel();
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         // The reporter outlives the other loops: it must tell the outcomes of the tasks
@@ -272,10 +272,12 @@ impl Worker {
                 worker: runner.worker.clone(),
                 interval: self.config.heartbeat_interval,
                 epoch: Arc::clone(&runner.epoch),
-                lost: Arc::clone(&lost),
+                lost: lost_tx,
                 cancels: cancel_tx,
             }
-            .run(stop_rx.clone()),
+            // It beats until the worker has left: a worker silent through its drain and
+            // grace period would be declared dead and its running tasks run twice.
+            .run(report_stop_rx.clone()),
         );
         let promotion = tokio::spawn(
             Promotion {
@@ -295,8 +297,9 @@ impl Worker {
             .run(stop_rx.clone()),
         );
         let fetch = tokio::spawn(Arc::clone(&runner).fetch(stop_rx.clone()));
-        let reporter = tokio::spawn(Arc::clone(&runner).report(report_rx, report_stop_rx));
-        let mut rejoin = tokio::spawn(Arc::clone(&runner).control(lost, cancel_rx, stop_rx));
+        let reporter = tokio::spawn(Arc::clone(&runner).report(report_rx, report_stop_rx.clone()));
+        let mut rejoin =
+            tokio::spawn(Arc::clone(&runner).control(lost_rx, cancel_rx, stop_rx, report_stop_rx));
 
         let fatal = tokio::select! {
             _ = shutdown => None,
@@ -308,18 +311,18 @@ impl Worker {
         // only then remove the worker, which would otherwise hand back running tasks.
         stop_tx.send_replace(true);
         let _ = fetch.await;
-        if !rejoin.is_finished() {
-            let _ = rejoin.await;
+        // Another live process holds the id now: the records are its own, so this one only
+        // stops what it runs (nothing it would report could be recorded) and leaves nothing.
+        let taken = matches!(fatal, Some(Error::WorkerIdTaken(_)));
+        if !taken {
+            runner.leave(Leave::Drain).await;
         }
-        runner
-            .retry("leave (drain)", || {
-                runner
-                    .store
-                    .leave_worker(&runner.queue, &runner.worker, Leave::Drain)
-            })
-            .await;
         let mut idle = runner.in_flight.subscribe();
-        let grace = self.config.grace_period;
+        let grace = if taken {
+            Duration::ZERO
+        } else {
+            self.config.grace_period
+        };
         if tokio::time::timeout(grace, idle.wait_for(|n| *n == 0))
             .await
             .is_err()
@@ -333,14 +336,13 @@ impl Worker {
             }
             let _ = idle.wait_for(|n| *n == 0).await;
         }
-        runner
-            .retry("leave (remove)", || {
-                runner
-                    .store
-                    .leave_worker(&runner.queue, &runner.worker, Leave::Remove)
-            })
-            .await;
+        if !taken {
+            runner.leave(Leave::Remove).await;
+        }
         report_stop_tx.send_replace(true);
+        if !rejoin.is_finished() {
+            let _ = rejoin.await;
+        }
         let _ = reporter.await;
         let _ = heartbeat.await;
         let _ = recovery.await;
@@ -497,7 +499,12 @@ impl Runner {
         if !self.resync.swap(false, Ordering::SeqCst) {
             return;
         }
-        match self.store.resync_worker(&self.queue, &self.worker).await {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        match self
+            .store
+            .resync_worker(&self.queue, &self.worker, epoch)
+            .await
+        {
             Ok(running) => {
                 let unknown: Vec<ClaimedTask> = {
                     let known = self.lock_known();
@@ -548,20 +555,26 @@ impl Runner {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Acts on what the heartbeat learns: cancel requests stop their handlers; being
-    /// declared dead (paused or cut off past dead-after) means the tasks already went to
-    /// other workers and their results would be refused, so every handler is stopped and
-    /// the worker registers again under a new epoch. Ends with an error when another live
-    /// process now holds the id.
+    /// Acts on what the heartbeat learns, until `end`: cancel requests stop their handlers;
+    /// being declared dead (paused or cut off past dead-after) means the tasks already went
+    /// to other workers and their results would be refused, so every handler is stopped and
+    /// the worker registers again under a new epoch, unless it is shutting down (`shutdown`).
+    /// A refusal of an epoch already replaced is stale and ignored. Ends with an error when
+    /// another live process now holds the id.
     async fn control(
         self: Arc<Self>,
-        lost: Arc<Notify>,
+        mut lost: mpsc::UnboundedReceiver<u64>,
         mut cancels: mpsc::UnboundedReceiver<String>,
-        mut stop: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
+        mut end: watch::Receiver<bool>,
     ) -> Result<()> {
         loop {
             tokio::select! {
-                _ = lost.notified() => self.rejoin().await?,
+                Some(epoch) = lost.recv() => {
+                    if epoch == self.epoch.load(Ordering::SeqCst) && !*shutdown.borrow() {
+                        self.rejoin().await?;
+                    }
+                }
                 Some(id) = cancels.recv() => {
                     if let Some(handle) = self.lock_running().get(&id) {
                         self.cancelled.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
@@ -569,9 +582,17 @@ impl Runner {
                         tracing::info!(task = %id, "cancelled on request");
                     }
                 }
-                _ = stopped(&mut stop) => return Ok(()),
+                _ = stopped(&mut end) => return Ok(()),
             }
         }
+    }
+
+    /// Leaves the queue (drain or remove), retrying while Redis is away.
+    async fn leave(&self, how: Leave) {
+        self.retry("leave", || {
+            self.store.leave_worker(&self.queue, &self.worker, how)
+        })
+        .await;
     }
 
     async fn rejoin(&self) -> Result<()> {
@@ -709,6 +730,13 @@ impl Runner {
         let limit = Duration::from_millis(u64::try_from(task.timeout_ms).unwrap_or(1));
         let ended = tokio::time::timeout(limit, &mut join).await;
         self.lock_running().remove(&task.id);
+        // Taken on every path, so that a request arriving as the handler ends is not left
+        // to mark a later run of the same task.
+        let asked = self
+            .cancelled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task.id);
         let retry = |error: String| Outcome::Retry {
             error,
             delay: self.config.backoff(task.attempt),
@@ -722,18 +750,8 @@ impl Runner {
             },
             Ok(Ok(Err(TaskError::Permanent(e)))) => Outcome::Failed(e),
             Ok(Err(e)) if e.is_panic() => retry("handler panicked".to_string()),
-            Ok(Err(_)) => {
-                let asked = self
-                    .cancelled
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&task.id);
-                if asked {
-                    Outcome::Cancelled
-                } else {
-                    retry("handler was stopped".to_string())
-                }
-            }
+            Ok(Err(_)) if asked => Outcome::Cancelled,
+            Ok(Err(_)) => retry("handler was stopped".to_string()),
             Err(_) => {
                 join.abort();
                 retry(format!("timed out after {} ms", task.timeout_ms))

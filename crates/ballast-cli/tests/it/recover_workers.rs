@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ballast::store::{prefix, Finish, Outcome};
+use ballast::store::{prefix, Cancel, Finish, Outcome};
 use ballast::{Placement, TaskState};
 use redis::AsyncCommands;
 
@@ -268,6 +268,20 @@ async fn the_orphan_sweep_runs_once_per_dead_after_for_the_whole_queue() {
         (0, 1)
     );
     assert_eq!(env.task_hash(Q, &id).await["worker"], "alive");
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn cancelling_an_orphan_leaves_its_unknown_worker_unknown() {
+    let mut env = Env::start().await;
+    env.register(Q, "lost", 1, &[]).await;
+    let id = env.submit(task(Q, 1)).await;
+    forget_worker(&mut env, "lost").await;
+    assert_eq!(
+        env.store.cancel_task(Q, &id).await.expect("cancel"),
+        Cancel::Cancelled
+    );
+    assert!(!env.keys().await.contains(&qkey(Q, "worker:lost")));
     env.assert_sound(Q).await;
 }
 

@@ -28,7 +28,12 @@ async fn tasks_started_by_a_lost_finish_reply_are_handed_over_again() {
         .expect("finish");
     assert_eq!(lost.len(), 2);
 
-    let mut again = env.store.resync_worker(Q, "w").await.expect("resync");
+    let epoch = env.epoch(Q, "w").await;
+    let mut again = env
+        .store
+        .resync_worker(Q, "w", epoch)
+        .await
+        .expect("resync");
     again.sort_by(|a, b| a.id.cmp(&b.id));
     let mut expect = lost.clone();
     expect.sort_by(|a, b| a.id.cmp(&b.id));
@@ -59,7 +64,23 @@ async fn a_task_popped_by_a_lost_inbox_wait_is_claimed() {
         .expect("lpop");
     assert_eq!(popped.as_deref(), Some(a.as_str()));
 
-    let got = env.store.resync_worker(Q, "w").await.expect("resync");
+    // A process presenting an old epoch (declared dead, replaced) learns nothing and
+    // claims nothing.
+    let epoch = env.epoch(Q, "w").await;
+    let before = env.snapshot().await;
+    let stale = env
+        .store
+        .resync_worker(Q, "w", epoch - 1)
+        .await
+        .expect("resync");
+    assert!(stale.is_empty());
+    assert_eq!(env.snapshot().await, before);
+
+    let got = env
+        .store
+        .resync_worker(Q, "w", epoch)
+        .await
+        .expect("resync");
     // `a` is claimed and handed over; `b`, still in the inbox, waits for the next pop.
     assert_eq!(
         got.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),

@@ -289,6 +289,41 @@ async fn shutdown_finishes_running_work_then_leaves() {
     run_b.await.expect("join").expect("run");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_keeps_beating_through_its_grace_period() {
+    let env = Env::start().await;
+    let nap = |id: &str| {
+        worker(&env.store, id, 1).handle("nap", |_: TaskContext, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, TaskError>(ms)
+        })
+    };
+    let (stop_a, run_a) = spawn(nap("a"));
+    wait_registered(&env, "a").await;
+    // The task outlasts dead-after (500 ms) three times over, so `a` finishes it well into
+    // its shutdown, while `b` looks for dead workers every 50 ms.
+    let spec = TaskSpec::new("q", "nap").payload(json!(1500));
+    env.client.submit(&spec).await.expect("submit");
+    wait_running(&env, &spec.id).await;
+    let (stop_b, run_b) = spawn(nap("b"));
+    wait_registered(&env, "b").await;
+    stop_a.send(()).expect("stop");
+    run_a.await.expect("join").expect("run");
+    let t = env
+        .store
+        .task("q", &spec.id)
+        .await
+        .expect("read")
+        .expect("task");
+    assert_eq!(
+        (t.state, t.runs, t.worker.as_deref()),
+        (TaskState::Succeeded, 1, Some("a")),
+        "declared dead while finishing: {t:?}"
+    );
+    stop_b.send(()).expect("stop");
+    run_b.await.expect("join").expect("run");
+}
+
 #[tokio::test]
 async fn bad_worker_settings_are_refused_before_registering() {
     let mut env = Env::start().await;

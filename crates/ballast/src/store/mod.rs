@@ -789,13 +789,20 @@ impl Store {
     /// For a worker that lost the reply of a call that may have started tasks for it (a
     /// claim, a finish, or the pop of its inbox): claims the tasks assigned to it that left
     /// its inbox unclaimed, and returns every task running on it as Redis sees it.
-    pub async fn resync_worker(&self, queue: &str, worker: &str) -> Result<Vec<ClaimedTask>> {
+    /// Returns nothing when `epoch` is not the worker's current one.
+    pub async fn resync_worker(
+        &self,
+        queue: &str,
+        worker: &str,
+        epoch: u64,
+    ) -> Result<Vec<ClaimedTask>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let rows: Vec<Vec<String>> = RESYNC_WORKER
             .key(format!("{p}worker:{worker}:tasks"))
             .arg(&p)
             .arg(worker)
+            .arg(epoch)
             .invoke_async(&mut conn)
             .await?;
         ClaimedTask::from_rows(rows)

@@ -514,13 +514,13 @@ end
 
 -- Take held task `id` (in `state`, assigned or running) off worker w: out of its state index
 -- (and w's inbox when assigned), w's held set, and its cost off w's count.
--- `maybe_gone`: w's record may be gone (an orphan's worker), so check before counting.
 -- Returns whether w's record exists; the caller re-indexes w.
-local function unhold(id, w, state, cost, maybe_gone)
+local function unhold(id, w, state, cost)
   redis.call('ZREM', key(state), id)
   if state == 'assigned' then redis.call('LREM', inbox_key(w), 0, id) end
   redis.call('SREM', held_key(w), id)
-  if maybe_gone and redis.call('EXISTS', worker_key(w)) == 0 then return false end
+  -- An orphan's worker has no record; counting on it would create one.
+  if redis.call('EXISTS', worker_key(w)) == 0 then return false end
   redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(cost))
   return true
 end
@@ -545,8 +545,9 @@ local function trim_finished(state, now, n)
   local victims = redis.call('ZRANGEBYSCORE', key(state), '-inf', '(' .. fmt(now - max_ms),
     'LIMIT', 0, most)
   if #victims < most then
+    -- Past the count too: the oldest go, at least as many as are past their age.
     local excess = redis.call('ZCARD', key(state)) - max_count
-    if excess > 0 then
+    if excess > #victims then
       victims = redis.call('ZRANGE', key(state), 0, math.min(excess, most) - 1)
     end
   end
@@ -629,8 +630,7 @@ local function cancel(id, now)
   elseif state == 'scheduled' then
     redis.call('ZREM', key(state), id)
   elseif state == 'assigned' then
-    unhold(id, w, state, h[3], false)
-    index_worker(w)
+    if unhold(id, w, state, h[3]) then index_worker(w) end
   else
     return 'final'
   end
@@ -700,9 +700,13 @@ end
 -- The caller calls place().
 local function requeue(id, w, now)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'max_attempts')
-  unhold(id, w, h[3], h[1], true)
-  if redis.call('HGET', tk, 'cancel_requested') == '1' then
+  local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'max_attempts',
+    'cancel_requested')
+  -- Only a task still held: one that ended meanwhile (a job that failed cancels its other
+  -- tasks, including those this loop has yet to reach) stays as it is.
+  if h[3] ~= 'assigned' and h[3] ~= 'running' then return end
+  unhold(id, w, h[3], h[1])
+  if h[6] == '1' then
     settle(id, 'cancelled', 'error', 'cancelled while its worker was lost', now)
     return
   end

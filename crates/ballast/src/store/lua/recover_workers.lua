@@ -63,7 +63,7 @@ for _, id in ipairs(expired) do
     'started_at', 'timeout_ms')
   if h[1] == 'running' then
     local w = h[2]
-    if unhold(id, w, 'running', h[3], true) then index_worker(w) end
+    if unhold(id, w, 'running', h[3]) then index_worker(w) end
     local err = 'lease expired: no report ' .. h[7] .. ' ms after the start, plus ' ..
       dead_after .. ' ms'
     append_history(tk, { attempt = tonumber(h[4]), worker = w, started_at = tonumber(h[6]),

@@ -7,11 +7,14 @@
 -- KEYS[1] set     the tasks the worker holds, P .. 'worker:' .. id .. ':tasks'
 -- ARGV[1] string  queue prefix P = "ballast:{queue}:"
 -- ARGV[2] string  worker id
+-- ARGV[3] int     the epoch register_worker gave this process
 --
 -- Returns a list of {id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt, role}
--- (the shape claim_tasks.lua returns).
+-- (the shape claim_tasks.lua returns), or nothing when the epoch is not the worker's: a
+-- process declared dead must not take the tasks of the one that replaced it.
 
 local w = ARGV[2]
+if redis.call('HGET', worker_key(w), 'epoch') ~= ARGV[3] then return {} end
 local now = now_ms()
 local held, popped = redis.call('SMEMBERS', KEYS[1]), {}
 for _, id in ipairs(held) do
