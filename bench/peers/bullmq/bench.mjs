@@ -35,11 +35,11 @@ async function measure(name, n, fn) {
 const q = new Queue('b', { connection: conn() });
 await measure('submit one by one', N, async () => { for (let i = 0; i < N; i++) await q.add('noop', payload(i)); });
 await measure('submit bulk 1000', N, async () => {
-  for (let i = 0; i < N; i += 1000) await q.addBulk(Array.from({ length: 1000 }, (_, k) => ({ name: 'noop', data: payload(i + k) })));
+  for (let i = 0; i < N; i += 1000) await q.addBulk(Array.from({ length: Math.min(1000, N - i) }, (_, k) => ({ name: 'noop', data: payload(i + k) })));
 });
 for (const conc of [16, 64, 256]) {
   await admin.flushall();
-  for (let i = 0; i < N; i += 1000) await q.addBulk(Array.from({ length: 1000 }, (_, k) => ({ name: 'noop', data: payload(i + k) })));
+  for (let i = 0; i < N; i += 1000) await q.addBulk(Array.from({ length: Math.min(1000, N - i) }, (_, k) => ({ name: 'noop', data: payload(i + k) })));
   const c0 = await info(); const t0 = performance.now();
   let done = 0;
   await new Promise((resolve) => {

@@ -197,7 +197,9 @@ pub fn install(worker: Worker, allow: ExecAllow) -> Worker {
             |_: TaskContext, mut results: MapResults| async move {
                 let mut s = Sum::default();
                 while let Some((chunk, v)) = results.next().await? {
-                    s.add_text(&v.to_string()).map_err(|_| {
+                    // A map sum past i64 comes as a string of digits.
+                    let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    s.add_text(&text).map_err(|_| {
                         TaskError::permanent(format!("chunk {chunk}: {v} is not a number"))
                     })?;
                 }

@@ -64,7 +64,7 @@ async fn run_policy(
     tasks: usize,
     unit: f64,
 ) -> Result<Value, CliError> {
-    let queue = "bench-balance";
+    let queue = &b.queue(&format!("balance-{}", policy.unwrap_or("ballast")));
     let store = b.store.clone();
     store
         .set_bench_policy(queue, policy, *COSTS.iter().max().unwrap_or(&1))

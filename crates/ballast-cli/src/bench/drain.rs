@@ -20,7 +20,7 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     let (mut pending_record, mut finished_record) = (0.0, 0.0);
     for &capacity in sweep {
         let mut b = Bench::new(url).await?;
-        let queue = format!("bench-drain-{capacity}");
+        let queue = b.queue(&format!("drain-{capacity}"));
         let client = Client::new(b.store.clone());
         let specs: Vec<TaskSpec> = (0..a.n)
             .map(|i| TaskSpec::new(&queue, "noop").payload(payload(i)))

@@ -21,7 +21,7 @@ fn now_us() -> i64 {
 
 pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     let mut b = Bench::new(url).await?;
-    let queue = "bench-latency";
+    let queue = &b.queue("latency");
     let _worker = spawn_worker(&b.url, queue, "latency", 16)?;
     registered(&b.store, queue, "latency").await?;
     let client = Client::new(b.store.clone());

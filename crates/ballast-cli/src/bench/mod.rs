@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use ballast::testing::RedisServer;
 use ballast::Store;
 use clap::{Args, ValueEnum};
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::output::print_table;
@@ -56,20 +55,20 @@ enum Suite {
 }
 
 /// What a suite measured about Redis over its run.
-#[derive(Debug, Clone, Copy, Serialize, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct RedisCost {
     /// Redis CPU (user + system), microseconds per task.
     pub cpu_us_per_task: f64,
-    /// Commands sent by clients (an EVALSHA counts once), per task.
-    pub client_commands_per_task: f64,
-    /// Commands Redis ran, those inside scripts included, per task.
+    /// Calls of ballast's functions (`FCALL`), per task.
+    pub fcalls_per_task: f64,
+    /// Commands Redis ran, those inside functions included, per task.
     pub commands_per_task: f64,
 }
 
 /// Redis counters read before and after a measured run.
 struct Counters {
     cpu_s: f64,
-    client_commands: f64,
+    fcalls: f64,
     commands: f64,
 }
 
@@ -83,21 +82,21 @@ impl Counters {
                 .unwrap_or(0.0)
         };
         // cmdstat_<name>:calls=N,usec=...; INFO itself is left out.
+        let calls =
+            |l: &str| -> Option<f64> { l.split("calls=").nth(1)?.split(',').next()?.parse().ok() };
         let commands: f64 = info
             .lines()
             .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<f64>()
-                    .ok()
-            })
+            .filter_map(calls)
             .sum();
+        let fcalls = info
+            .lines()
+            .find(|l| l.starts_with("cmdstat_fcall:"))
+            .and_then(calls)
+            .unwrap_or(0.0);
         Ok(Counters {
             cpu_s: field("used_cpu_user") + field("used_cpu_sys"),
-            client_commands: field("total_commands_processed"),
+            fcalls,
             commands,
         })
     }
@@ -106,7 +105,7 @@ impl Counters {
         let n = tasks.max(1) as f64;
         RedisCost {
             cpu_us_per_task: (self.cpu_s - before.cpu_s) * 1e6 / n,
-            client_commands_per_task: (self.client_commands - before.client_commands) / n,
+            fcalls_per_task: (self.fcalls - before.fcalls) / n,
             commands_per_task: (self.commands - before.commands) / n,
         }
     }
@@ -116,6 +115,9 @@ impl Counters {
 pub struct Bench {
     pub url: String,
     pub store: Store,
+    /// Ends every queue name this bench uses, so that runs on a shared Redis (`--redis`)
+    /// never meet each other's tasks or workers.
+    run: String,
     _server: Option<RedisServer>,
 }
 
@@ -130,11 +132,18 @@ impl Bench {
             }
         };
         let store = Store::connect(&url).await?;
+        let id = ballast::task::new_id().to_lowercase();
         Ok(Bench {
             url,
             store,
+            run: id[id.len() - 6..].to_string(),
             _server: server,
         })
+    }
+
+    /// The queue this bench uses for `name`.
+    pub fn queue(&self, name: &str) -> String {
+        format!("bench-{name}-{}", self.run)
     }
 
     /// Runs `work` between two reads of the Redis counters; returns its result, its wall
@@ -327,14 +336,14 @@ pub fn table(columns: &[&str], rows: Vec<Value>) -> Value {
 /// The columns every measured row ends with.
 pub const COST_COLUMNS: [&str; 3] = [
     "redis_cpu_us_per_task",
-    "client_cmds_per_task",
+    "fcalls_per_task",
     "redis_cmds_per_task",
 ];
 
 /// Adds a run's Redis cost to a row.
 pub fn with_cost(mut row: Value, c: RedisCost) -> Value {
     row["redis_cpu_us_per_task"] = json!(c.cpu_us_per_task);
-    row["client_cmds_per_task"] = json!(c.client_commands_per_task);
+    row["fcalls_per_task"] = json!(c.fcalls_per_task);
     row["redis_cmds_per_task"] = json!(c.commands_per_task);
     row
 }

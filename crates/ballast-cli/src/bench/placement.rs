@@ -21,7 +21,7 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     let mut at: Vec<f64> = Vec::new();
     for &workers in sizes {
         let mut b = Bench::new(url).await?;
-        let queue = format!("bench-placement-{workers}");
+        let queue = b.queue(&format!("placement-{workers}"));
         for i in 0..workers {
             b.store
                 .register_worker(

@@ -20,7 +20,7 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     // (tasks per call, calls in flight)
     for (batch, in_flight) in [(1, 1), (1, IN_FLIGHT), (a.batch, 1)] {
         let mut b = Bench::new(url).await?;
-        let queue = format!("bench-submit-{batch}-{in_flight}");
+        let queue = b.queue(&format!("submit-{batch}-{in_flight}"));
         let client = Client::new(b.store.clone());
         let specs: Arc<Vec<TaskSpec>> = Arc::new(
             (0..a.n)

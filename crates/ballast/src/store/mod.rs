@@ -266,6 +266,24 @@ fn task_args(call: &mut Call, spec: &TaskSpec, checked: &Checked) {
         .arg(spec.not_before_ms);
 }
 
+/// `BLPOP` for up to `timeout`. A blocking connection has no reply timeout of its own, so a
+/// connection that died without closing (a half-open TCP link) would wait forever: past the
+/// timeout and a margin, the wait fails like a dropped connection, and the caller reconnects.
+async fn blpop(
+    conn: &mut MultiplexedConnection,
+    key: String,
+    timeout: Duration,
+) -> Result<Option<(String, String)>> {
+    let margin = timeout + Duration::from_secs(5);
+    match tokio::time::timeout(margin, conn.blpop(key, timeout.as_secs_f64())).await {
+        Ok(got) => Ok(got?),
+        Err(_) => Err(Error::Redis(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no reply to a blocking wait",
+        )))),
+    }
+}
+
 /// A duration in whole milliseconds, as the functions take them.
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -740,8 +758,7 @@ impl Store {
         timeout: Duration,
     ) -> Result<Option<String>> {
         let key = format!("{}worker:{worker}:inbox", prefix(queue));
-        let got: Option<(String, String)> = conn.blpop(key, timeout.as_secs_f64()).await?;
-        Ok(got.map(|(_, id)| id))
+        Ok(blpop(conn, key, timeout).await?.map(|(_, id)| id))
     }
 
     /// Waits up to `timeout` for a task to be scheduled on the queue (a delayed submit or a
@@ -757,8 +774,7 @@ impl Store {
             return Ok(false);
         }
         let key = format!("{}wake", prefix(queue));
-        let got: Option<(String, String)> = conn.blpop(key, timeout.as_secs_f64()).await?;
-        Ok(got.is_some())
+        Ok(blpop(conn, key, timeout).await?.is_some())
     }
 
     /// Marks up to `max` tasks of the worker's inbox running (`given` ids first, already
