@@ -395,6 +395,12 @@ local function place_baseline(policy, now, got)
   return placed
 end
 
+-- Park pending task `id` (through batch b) until a worker joins.
+local function park_later(b, id)
+  later(b, 'zrem', key('pending'), id)
+  later(b, 'zadd', key('parked'), redis.call('ZSCORE', key('pending'), id), id)
+end
+
 -- Place pending tasks: highest priority first, FIFO within a priority, each on the eligible
 -- worker with the most free capacity that fits it.
 --
@@ -419,7 +425,9 @@ local function place(now, me, got)
   local top = max_free()
   if top == 0 then return 0 end
   local b, v, ticks = new_batch(), view_new(top), tick_source()
-  local placed, reserved, blocked = 0, {}, {}
+  -- Shapes known blocked (no room now) or incapable (no accepting worker could ever run
+  -- them: the capacity indexes do not change during a call, so that answer holds for it).
+  local placed, reserved, blocked, incapable = 0, {}, {}, {}
   local budget, seen, stepped = LOOKAHEAD, 0, 0
   local done = false
   while not done and budget > 0 and stepped < MAX_SCAN and view_max_free(v) > 0 do
@@ -439,6 +447,8 @@ local function place(now, me, got)
       local shape = h[2] .. '|' .. h[1]
       if blocked[shape] then
         stepped = stepped + 1
+      elseif incapable[shape] then
+        park_later(b, id)
       else
         local cost, tags = tonumber(h[1]), split_tags(h[2])
         local w
@@ -474,8 +484,8 @@ local function place(now, me, got)
               break
             end
           else
-            later(b, 'zrem', key('pending'), id)
-            later(b, 'zadd', key('parked'), redis.call('ZSCORE', key('pending'), id), id)
+            incapable[shape] = true
+            park_later(b, id)
           end
         end
       end
