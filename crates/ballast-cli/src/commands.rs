@@ -1,4 +1,4 @@
-//! The everyday subcommands: worker, submit, task, tasks, status.
+//! The everyday subcommands: worker, submit, task, tasks, status, cancel, retention.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::output;
 use crate::CliError;
 
-/// Tasks sent per pipelined round trip by `submit --file`.
+/// Tasks `submit --file` sends per `submit_many`: one function call each (they share a queue).
 const FILE_BATCH: usize = 1000;
 
 /// `ballast worker`.
@@ -49,7 +49,7 @@ pub struct WorkerArgs {
     /// Longest backoff.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     retry_max: Duration,
-    /// On SIGTERM, how long running tasks may take before they are handed back.
+    /// On SIGINT or SIGTERM, how long running tasks may take before they are handed back.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
     /// A program the `exec` handler may run (repeatable; exact path). Without it, `exec`
@@ -98,7 +98,8 @@ pub struct SubmitArgs {
     /// "max_attempts", "timeout_ms", "delay_ms"}; only "kind" is required.
     #[arg(long)]
     file: Option<PathBuf>,
-    /// Print {"id", "placement", "worker"} per task instead of the bare id.
+    /// Print {"id", "placement"} per task instead of the bare id, with "worker" when the
+    /// placement is "assigned".
     #[arg(long)]
     json: bool,
 }
@@ -140,7 +141,8 @@ pub struct TasksArgs {
     /// Queue.
     #[arg(long)]
     queue: String,
-    /// Only tasks in this state (pending, assigned, running, succeeded, failed).
+    /// Only tasks in this state (scheduled, pending, assigned, running, succeeded, failed,
+    /// cancelled); pending includes parked.
     #[arg(long)]
     state: Option<String>,
     /// Most records to show.

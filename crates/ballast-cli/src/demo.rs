@@ -245,7 +245,7 @@ fn report(records: &[TaskRecord]) -> Result<(), CliError> {
         .iter_mut()
         .map(|(name, w)| {
             // Finishes sort before starts at the same millisecond: a slot freed and
-            // refilled in one script call is not counted twice.
+            // refilled in one function call is not counted twice.
             w.events.sort();
             let (mut load, mut peak) = (0, 0);
             for (_, d) in &w.events {

@@ -30,7 +30,11 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a worker with the built-in handlers (noop, sleep, echo, fail, flaky) until SIGINT/SIGTERM.
+    /// Run a worker with the built-in handlers (noop, sleep, echo, stamp, fail, flaky,
+    /// wordcount, merge-counts, sum, exec) until SIGINT/SIGTERM.
+    ///
+    /// For jobs: wordcount maps and merge-counts reduces its word counts; sum both maps and
+    /// reduces. exec runs only the programs given with --allow-exec.
     Worker(commands::WorkerArgs),
     /// Submit one task (prints its id), or many from a JSON-lines file (one id per line).
     Submit(commands::SubmitArgs),

@@ -6,8 +6,8 @@
 //!   finished_at, run_at, payload, result, error, history` (times in ms on the Redis clock;
 //!   absent ones are null);
 //! - `status`: `{"queues": [{"queue", "counts": {scheduled, pending, parked, assigned,
-//!   running, succeeded, failed}, "workers": [{id, state, capacity, assigned, tags,
-//!   heartbeat_at, registered_at, finished, epoch}]}]}`.
+//!   running, succeeded, failed, cancelled}, "workers": [{id, state, capacity, assigned,
+//!   tags, heartbeat_at, registered_at, finished, epoch}]}]}`.
 
 use std::io::Write;
 
@@ -175,8 +175,16 @@ pub fn print_status(report: &[QueueStatus]) -> Result<(), CliError> {
         }
         let c = &q.counts;
         println!(
-            "queue {}: scheduled {}, pending {} (parked {}), assigned {}, running {}, succeeded {}, failed {}",
-            q.queue, c.scheduled, c.pending, c.parked, c.assigned, c.running, c.succeeded, c.failed
+            "queue {}: scheduled {}, pending {} (parked {}), assigned {}, running {}, succeeded {}, failed {}, cancelled {}",
+            q.queue,
+            c.scheduled,
+            c.pending,
+            c.parked,
+            c.assigned,
+            c.running,
+            c.succeeded,
+            c.failed,
+            c.cancelled
         );
         let rows: Vec<Vec<String>> = q
             .workers

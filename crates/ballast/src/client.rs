@@ -55,7 +55,7 @@ impl Client {
         self.store.submit_task(spec, &checked).await
     }
 
-    /// Validates every task, then submits them all: one script call per run of tasks of one
+    /// Validates every task, then submits them all: one function call per run of tasks of one
     /// queue (1,000 at most), placed in one pass. If any task is invalid, none is written.
     pub async fn submit_many(&self, specs: &[TaskSpec]) -> Result<Vec<Placement>> {
         let checked = specs

@@ -2,9 +2,12 @@
 //!
 //! Each beat is one function call (`heartbeat_worker.lua`) that also runs placement, so
 //! anything a capped placement left behind is placed within one interval, and hands over the
-//! cancel requests for the worker's running tasks. A beat refused
-//! because this process was declared dead (its epoch is no longer the worker's) is reported
-//! on `lost`: the worker then drops its tasks and registers again.
+//! cancel requests for the worker's running tasks. The loop beats until the worker has left
+//! (through its drain and grace period), so a worker finishing its tasks on shutdown is not
+//! declared dead. A beat refused because this process was declared dead (its epoch is no
+//! longer the worker's) is reported on `lost` with that epoch: unless the epoch was already
+//! replaced or the worker is shutting down, the worker then drops its tasks and registers
+//! again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

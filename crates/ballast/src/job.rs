@@ -3,7 +3,7 @@
 //!
 //! A job is uploaded chunk by chunk ([`JobUpload`]), so an input of any size streams through
 //! the client; each map task is an ordinary task (priority, cost, tags, retries, recovery)
-//! carrying its chunk. The script that records the last map outcome creates the reduce task
+//! carrying its chunk. The call that records the last map outcome creates the reduce task
 //! in the same step; a reduce handler reads the map results through [`MapResults`].
 
 use std::collections::{HashMap, VecDeque};

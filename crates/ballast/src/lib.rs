@@ -1,10 +1,10 @@
 //! ballast: a distributed task scheduler on Redis.
 //!
-//! Producers submit tasks with a cost and a priority; inside Redis, in atomic Lua scripts,
-//! each task is placed on the live worker with the most free capacity that fits it (and
-//! carries the tags it needs). Workers on any number of machines run the tasks and report
-//! results. A worker never holds more cost than its capacity, however many producers and
-//! workers race.
+//! Producers submit tasks with a cost and a priority; inside Redis, in atomic Lua functions
+//! (one function library, called with `FCALL`), each task is placed on the live worker with
+//! the most free capacity that fits it (and carries the tags it needs). Workers on any
+//! number of machines run the tasks and report results. A worker never holds more cost than
+//! its capacity, however many producers and workers race.
 //!
 //! # Quick start
 //!
@@ -34,7 +34,8 @@
 //!
 //! # Layout
 //! - [`task`]: the task model and its validation rules.
-//! - [`store`]: the one module that talks to Redis; its Lua scripts do all placement.
+//! - [`store`]: the one module that talks to Redis; its Lua function library does all
+//!   placement.
 //! - [`client`]: submit tasks, read records, wait for results.
 //! - [`worker`]: the worker runtime (register, run handlers within capacity, leave cleanly).
 //! - `heartbeat`: the worker's heartbeat loop.

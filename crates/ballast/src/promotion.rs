@@ -1,11 +1,11 @@
 //! The promotion loop: scheduled tasks (delayed submits, retries after backoff) whose time
 //! has come go back to pending and are placed.
 //!
-//! Each step is one idempotent script call (`promote_tasks.lua`) that every worker runs; a
+//! Each step is one idempotent function call (`promote_tasks.lua`) that every worker runs; a
 //! task is promoted by exactly one of them. Between steps the loop blocks on the queue's
-//! wake list, which every script that schedules a task pushes to, until the next scheduled
-//! task is due or its period passes: an idle queue costs one blocking call per period, and a
-//! task scheduled meanwhile is seen at once.
+//! wake list, which every function call that schedules a task pushes to, until the next
+//! scheduled task is due or its period passes: an idle queue costs one blocking call per
+//! period, and a task scheduled meanwhile is seen at once.
 
 use std::time::Duration;
 

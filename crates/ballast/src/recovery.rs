@@ -1,9 +1,10 @@
 //! The recovery loop: every worker declares dead the workers whose heartbeat is too old and
-//! hands their tasks to the living.
+//! hands their tasks to the living, and fails attempts whose lease ran out.
 //!
-//! Each step is one idempotent script call (`recover_workers.lua`), so every worker can run
+//! Each step is one idempotent function call (`recover_workers.lua`), so every worker can run
 //! it on its own period with no leader: when several find the same dead worker at once, the
-//! first call takes its tasks and the others find nothing left.
+//! first call takes its tasks and the others find nothing left. The sweep for orphaned tasks
+//! runs at most once per dead-after for the whole queue, in whichever call comes first.
 
 use std::time::Duration;
 

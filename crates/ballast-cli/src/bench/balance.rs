@@ -1,8 +1,8 @@
 //! The balance suite: scheduling quality. Workers of capacity 1, 2, 4 and 8 (two of each)
 //! run tasks of cost 1, 2 and 4 whose work is cost x unit, under processor sharing: a
 //! worker holding load L above its capacity K runs each task at K/L speed. The same
-//! workload runs under ballast's placement and under the baselines (the same scripts with a
-//! bench-only policy): pull with concurrency = capacity (cost ignored), pull with
+//! workload runs under ballast's placement and under the baselines (the same functions with
+//! a bench-only policy): pull with concurrency = capacity (cost ignored), pull with
 //! concurrency = capacity / largest cost (safe), round-robin and random.
 //!
 //! Reported per policy: makespan / lower bound (total work / total capacity, or one task's

@@ -1,7 +1,11 @@
 //! `ballast bench`: how much work ballast moves per Redis, how fast it picks work up, and how
-//! well it places it. Every suite runs against a private redis-server (or `--redis`), checks
-//! that every task it submitted finished, and reports Redis CPU and commands per task,
-//! which are steadier than wall time on a shared machine.
+//! well it places it. Every suite runs against a private redis-server (or `--redis`: every
+//! queue name ends with a suffix of its own, so runs on a shared Redis never meet) and checks
+//! its outcome: submit that every task is pending, drain and latency that every task
+//! succeeded, placement that every submit was placed, balance that every task finished.
+//! All but balance (a simulation that reports scheduling quality) report Redis CPU, function
+//! calls (`FCALL`) and commands per task, which are steadier than wall time on a shared
+//! machine.
 
 mod balance;
 mod drain;
@@ -111,7 +115,8 @@ impl Counters {
     }
 }
 
-/// The Redis a suite runs on: a private server each, so suites do not see each other's keys.
+/// The Redis a suite runs on: a private server each, or the `--redis` one, where the queue
+/// suffix keeps runs apart.
 pub struct Bench {
     pub url: String,
     pub store: Store,

@@ -1,10 +1,10 @@
 //! ballast's Lua, loaded into Redis once as a function library (`FUNCTION LOAD`) and called
 //! with `FCALL`.
 //!
-//! Every script body in `lua/` becomes one function of the library, and `lua/lib.lua` (key
-//! names, server time, placement) is the library's shared code. Loaded once, the shared
-//! code is not compiled into every script and not redefined on every call, which is most of
-//! what a short call costs; and Redis holds one copy of it, not one per script.
+//! Every body in `lua/` becomes one function of the library, and `lua/lib.lua` (key names,
+//! server time, placement) is the library's shared code. Loaded once, the shared code is
+//! neither compiled with each body nor redefined on every call, which is most of what a
+//! short call costs; and Redis holds one copy of it, not one per function.
 //!
 //! The library's name carries a hash of its text, so two versions of ballast on one Redis
 //! each call their own functions. A Redis that lost the library (a restart without

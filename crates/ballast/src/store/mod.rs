@@ -903,8 +903,9 @@ impl Store {
     }
 
     /// Declares dead the workers whose last heartbeat is older than `dead_after`, hands
-    /// their tasks back (without using attempts) and places them; sweeps a bounded step of
-    /// orphans. Idempotent: every worker may run it at once. Returns
+    /// their tasks back (without using attempts) and places them; fails attempts whose lease
+    /// expired; sweeps a bounded step of orphans at most once per `dead_after` for the queue.
+    /// Idempotent: every worker may run it at once. Returns
     /// `(workers declared dead, tasks handed back)`.
     pub async fn recover_workers(&self, queue: &str, dead_after: Duration) -> Result<(u64, u64)> {
         let p = prefix(queue);

@@ -1,5 +1,5 @@
 -- lib.lua: the shared code of ballast's function library (store/library.rs builds the
--- library from it and one function per script body in this folder).
+-- library from it and one function per body in this folder).
 --
 -- It holds what must be written once: key names, server time, the one placement routine
 -- that every function changing supply or demand calls, the batches that gather index
@@ -21,7 +21,7 @@ local MAX_SCAN = 256
 -- Workers examined (in pages of 8) when looking for one that fits a task; bounds the work a
 -- task with tags can cost when the most-free workers lack its tags.
 local SCAN = 256
--- Tasks placed by one script call at most: Redis runs scripts alone, so one call must stay
+-- Tasks placed by one call at most: Redis runs a function call alone, so one call must stay
 -- short. Whatever is left is placed by the next finish or heartbeat.
 local MAX_PLACE = 1000
 -- Free-capacity index score: free * SHIFT + tie-break. Capacity is at most 1,000,000 (< 2^20)
@@ -50,7 +50,7 @@ end
 
 local function fmt(n) return string.format('%.0f', n) end
 
--- `now` as text, formatted once per call: Redis formats every number a script passes it,
+-- `now` as text, formatted once per call: Redis formats every number Lua passes it,
 -- and the hot paths pass the time several times per task.
 local now_text, now_of_text = '', nil
 local function ts(now)
@@ -63,7 +63,7 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Index writes gathered while a script walks over many tasks and sent at the end as one
+-- Index writes gathered while a call walks over many tasks and sent at the end as one
 -- command per key: from Lua a Redis command costs more to call than the work it does, so a
 -- batch of tasks costs a few calls per batch plus one or two per task (its own record).
 -- A batch is only ever read back after flush_batch(); within one batch a member is never
@@ -879,4 +879,4 @@ local function submitted_placements(ids, costs, tags, got)
   return out
 end
 
--- ---- script body ----
+-- ---- function body ----
