@@ -42,6 +42,10 @@ fn worker(store: &Store, id: &str, capacity: i64) -> Worker {
                 ctx.attempt
             )))
         })
+        .handle("nap", |_: TaskContext, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, TaskError>(ms)
+        })
         .handle("hang", |_: TaskContext, _: Value| async {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<_, TaskError>(Value::Null)
@@ -292,20 +296,14 @@ async fn shutdown_finishes_running_work_then_leaves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_keeps_beating_through_its_grace_period() {
     let env = Env::start().await;
-    let nap = |id: &str| {
-        worker(&env.store, id, 1).handle("nap", |_: TaskContext, ms: u64| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, TaskError>(ms)
-        })
-    };
-    let (stop_a, run_a) = spawn(nap("a"));
+    let (stop_a, run_a) = spawn(worker(&env.store, "a", 1));
     wait_registered(&env, "a").await;
     // The task outlasts dead-after (500 ms) three times over, so `a` finishes it well into
     // its shutdown, while `b` looks for dead workers every 50 ms.
     let spec = TaskSpec::new("q", "nap").payload(json!(1500));
     env.client.submit(&spec).await.expect("submit");
     wait_running(&env, &spec.id).await;
-    let (stop_b, run_b) = spawn(nap("b"));
+    let (stop_b, run_b) = spawn(worker(&env.store, "b", 1));
     wait_registered(&env, "b").await;
     stop_a.send(()).expect("stop");
     run_a.await.expect("join").expect("run");
@@ -649,14 +647,8 @@ async fn after_the_grace_period_unfinished_work_is_handed_back_without_using_an_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn work_goes_on_across_a_redis_restart() {
     let mut env = Env::start_with(&["--appendonly", "yes"]).await;
-    let nap = |store: &Store, id: &str| {
-        worker(store, id, 2).handle("nap", |_: TaskContext, ms: u64| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, TaskError>(ms)
-        })
-    };
-    let (stop_a, run_a) = spawn(nap(&env.store, "a"));
-    let (stop_b, run_b) = spawn(nap(&env.store, "b"));
+    let (stop_a, run_a) = spawn(worker(&env.store, "a", 2));
+    let (stop_b, run_b) = spawn(worker(&env.store, "b", 2));
     let specs: Vec<TaskSpec> = (0..60)
         .map(|_| TaskSpec::new("q", "nap").payload(json!(30)))
         .collect();
