@@ -14,11 +14,17 @@ use super::{
 use crate::CliError;
 
 pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
-    let sweep: &[usize] = if a.quick { &[8, 32] } else { &[16, 64, 256] };
+    let sweep: Vec<usize> = if !a.capacities.is_empty() {
+        a.capacities.iter().map(|&c| c as usize).collect()
+    } else if a.quick {
+        vec![8, 32]
+    } else {
+        vec![16, 64, 256]
+    };
     let mut rows = Vec::new();
     let (mut best, mut pending_bytes, mut finished_bytes) = (0.0f64, 0.0, 0.0);
     let (mut pending_record, mut finished_record) = (0.0, 0.0);
-    for &capacity in sweep {
+    for &capacity in &sweep {
         let mut b = Bench::new(url).await?;
         let queue = b.queue(&format!("drain-{capacity}"));
         let client = Client::new(b.store.clone());
