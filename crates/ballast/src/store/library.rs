@@ -103,7 +103,7 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
         // the shared code reads the queue prefix, ARGV[1], from P.
         code.push_str(&format!(
             "redis.register_function('{NAME}_{}', function(KEYS, ARGV)\n\
-             P = ARGV[1]\n{}\nend)\n",
+             P = ARGV[1]\nsmall_numbers()\n{}\nend)\n",
             f.name, f.body
         ));
     }

@@ -20,7 +20,7 @@
 -- claim_tasks.lua returns. Publishes the task id on P .. 'events' when it is final.
 
 local w, id, lease, outcome, body = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local claim_max, delay = tonumber(ARGV[7]), tonumber(ARGV[8] or '0')
+local claim_max, delay = tonumber(ARGV[7]), ARGV[8] or '0'
 
 local now = now_ms()
 local b = new_batch()

@@ -18,7 +18,7 @@ local now = now_ms()
 local recorded, b, freed = {}, new_batch(), 0
 for i = 4, #ARGV, 5 do
   local cost = finish_one(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-    tonumber(ARGV[i + 4]), now, b)
+    ARGV[i + 4], now, b)
   if cost then freed = freed + cost end
   recorded[#recorded + 1] = cost and 1 or 0
 end

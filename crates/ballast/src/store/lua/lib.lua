@@ -6,8 +6,9 @@
 -- writes, and the task life cycle steps (start, finish, settle, requeue, cancel).
 --
 -- Every function receives the queue prefix as ARGV[1]: "ballast:{<queue>}:", and stores it
--- in P before anything else runs (store/library.rs wraps each body so). All keys below are
--- built from it, so they carry the queue's hash tag and live in one Redis Cluster slot.
+-- in P before anything else runs (store/library.rs wraps each body so, and calls
+-- small_numbers() there too). All keys below are built from it, so they carry the queue's
+-- hash tag and live in one Redis Cluster slot.
 -- KEYS[1] of every function is a key under the same prefix, so Cluster routes the call
 -- there.
 
@@ -50,12 +51,41 @@ end
 
 local function fmt(n) return string.format('%.0f', n) end
 
+-- Small whole numbers as text and back, made once when the library loads: Lua turns a
+-- number into text through sprintf and text into a number through strtod, and either costs
+-- more than the Redis command that carries it. The hot paths convert the same few small
+-- values (attempts, costs, leases, delays) for every task.
+-- Filled by the first call: a library's top level runs without the string library.
+local STR, INT = {}, {}
+local function small_numbers()
+  if STR[0] then return end
+  for i = 0, 4096 do
+    STR[i] = string.format('%d', i)
+    INT[STR[i]] = i
+  end
+end
+local function num(s) return INT[s] or tonumber(s) end
+local function str(n) return STR[n] or fmt(n) end
+
 -- `now` as text, formatted once per call: Redis formats every number Lua passes it,
 -- and the hot paths pass the time several times per task.
 local now_text, now_of_text = '', nil
 local function ts(now)
   if now ~= now_of_text then now_text, now_of_text = fmt(now), now end
   return now_text
+end
+
+-- `now` plus a timeout (ms, as text) as text: the lease deadline of a task started now.
+-- Tasks of one call mostly share their timeout, so each sum is formatted once per call.
+local deadlines, deadlines_now = {}, nil
+local function deadline(now, timeout)
+  if now ~= deadlines_now then deadlines, deadlines_now = {}, now end
+  local d = deadlines[timeout]
+  if not d then
+    d = fmt(now + num(timeout))
+    deadlines[timeout] = d
+  end
+  return d
 end
 
 local function now_ms()
@@ -211,7 +241,7 @@ end
 -- batch b. The caller charges the worker.
 local function assign(id, w, lease, now, b)
   redis.call('HSET', task_key(id), 'state', 'assigned', 'worker', w, 'assigned_at', ts(now),
-    'lease', lease)
+    'lease', str(lease))
   later(b, 'zrem', key('pending'), id)
   later(b, 'zadd', key('assigned'), ts(now), id)
   later(b, 'sadd', held_key(w), id)
@@ -223,19 +253,20 @@ local START_FIELDS = { 'lease', 'attempts', 'runs', 'timeout_ms', 'kind', 'paylo
   'max_attempts', 'role' }
 
 -- The record a worker gets for a task it starts: {id, kind, payload, lease, cost,
--- timeout_ms, max_attempts, attempt, role}; h[o] .. h[o + 7] are its START_FIELDS.
+-- timeout_ms, max_attempts, attempt, role}; h[o] .. h[o + 7] are its START_FIELDS, and
+-- cost, lease and attempt are text.
 local function claimed_row(id, h, o, cost, lease, attempt)
-  return { id, h[o + 4], h[o + 5], tostring(lease), cost, h[o + 3], h[o + 6], tostring(attempt),
-    h[o + 7] or '' }
+  return { id, h[o + 4], h[o + 5], lease, cost, h[o + 3], h[o + 6], attempt, h[o + 7] or '' }
 end
 
--- Start task `id` on worker w: running under `lease`, its deadline (start + timeout) the
+-- Start task `id` on worker w: running under `lease` (text), its deadline (start + timeout) the
 -- score in the running index. h[o] .. h[o + 7] are its START_FIELDS. `fresh`: it comes
 -- straight from pending (placed and started in one step, with no inbox in between); else it
 -- was assigned to w. Index changes go to batch b. Returns the record the worker gets:
 -- {id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt, role}.
 local function start(id, w, h, o, cost, lease, now, b, fresh)
-  local tk, attempt, runs = task_key(id), tonumber(h[o + 1]) + 1, (tonumber(h[o + 2]) or 0) + 1
+  local tk, attempt = task_key(id), str(num(h[o + 1]) + 1)
+  local runs = str(num(h[o + 2] or '0') + 1)
   if fresh then
     redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'assigned_at',
       ts(now), 'started_at', ts(now), 'attempts', attempt, 'runs', runs)
@@ -248,7 +279,7 @@ local function start(id, w, h, o, cost, lease, now, b, fresh)
   end
   -- The lease: when the attempt must be over by. The worker's own timer stops the handler
   -- first; recovery expires the lease if a hung worker never reports.
-  later(b, 'zadd', key('running'), now + tonumber(h[o + 3]), id)
+  later(b, 'zadd', key('running'), deadline(now, h[o + 3]), id)
   return claimed_row(id, h, o, cost, lease, attempt)
 end
 
@@ -385,10 +416,10 @@ local function place_baseline(policy, now, got)
     if not w then break end
     -- Each assignment is written before the next choice, which reads it.
     local b = new_batch()
-    assign(id, w, tonumber(h[2]) + 1, now, b)
+    assign(id, w, num(h[2]) + 1, now, b)
     flush_batch(b)
     if got then got[id] = w end
-    charge(w, tonumber(h[1]), next_tick(ticks))
+    charge(w, num(h[1]), next_tick(ticks))
     placed = placed + 1
   end
   save_ticks(ticks)
@@ -450,7 +481,7 @@ local function place(now, me, got)
       elseif incapable[shape] then
         park_later(b, id)
       else
-        local cost, tags = tonumber(h[1]), split_tags(h[2])
+        local cost, tags = num(h[1]), split_tags(h[2])
         local w
         if #tags == 0 then w = view_pick(v, cost, reserved, id) end
         if #tags > 0 or w == false then
@@ -461,9 +492,9 @@ local function place(now, me, got)
           local tick = next_tick(ticks)
           if v.loaded then view_charge(v, w, cost, tick) else charge(w, cost, tick) end
           if me and w == me.w and #me.out < me.max then
-            me.out[#me.out + 1] = start(id, w, h, 3, h[1], tonumber(h[3]) + 1, now, b, true)
+            me.out[#me.out + 1] = start(id, w, h, 3, h[1], str(num(h[3]) + 1), now, b, true)
           else
-            assign(id, w, tonumber(h[3]) + 1, now, b)
+            assign(id, w, num(h[3]) + 1, now, b)
           end
           if got then got[id] = w end
           placed = placed + 1
@@ -776,7 +807,8 @@ local function claim(w, given, max, now)
 end
 
 -- Record how one attempt of task `id` on worker w ended (see finish_task.lua for the
--- outcomes) and settle or reschedule it; its index changes go to batch b. Returns the cost
+-- outcomes; `delay`: the retry delay in ms, as text) and settle or reschedule it; its index
+-- changes go to batch b. Returns the cost
 -- it frees, or false, writing nothing, when the task is no longer running on w under
 -- `lease` (it was taken back). The caller ends with finish_done(), then places and claims,
 -- once for however many tasks it finishes.
@@ -789,7 +821,7 @@ local function finish_one(w, id, lease, outcome, body, delay, now, b)
   b.done[#b.done + 1] = id
   if outcome == 'succeeded' then
     settle(id, 'succeeded', 'result', body, now, b, h[5] and { h[5], h[6] } or NO_JOB)
-    return tonumber(h[4])
+    return num(h[4])
   end
   -- The rest is read only for the outcomes that need it.
   local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history')
@@ -802,13 +834,13 @@ local function finish_one(w, id, lease, outcome, body, delay, now, b)
   if outcome == 'cancelled' then
     settle(id, 'cancelled', 'error', body, now, b, job)
   elseif outcome == 'retry' then
-    local due = now + delay
+    local due = now + num(delay)
     redis.call('HSET', tk, 'state', 'scheduled', 'error', body, 'run_at', due)
     schedule(id, due)
   else
     settle(id, 'failed', 'error', body, now, b, job)
   end
-  return tonumber(h[4])
+  return num(h[4])
 end
 
 -- After finish_one() calls for worker w that recorded the tasks in b.done, freeing `freed`
@@ -834,7 +866,7 @@ end
 local function submit_one(id, queue, kind, payload, priority, cost, tags, max_attempts,
                           timeout_ms, delay, not_before, now, b, seq)
   if redis.call('EXISTS', task_key(id)) == 1 then return 'exists' end
-  local due = math.max(now + tonumber(delay), tonumber(not_before))
+  local due = math.max(now + num(delay), num(not_before))
   new_task(id, queue, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due, now,
     nil, b, seq)
   if due > now then return 'scheduled' end
