@@ -386,8 +386,14 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    /// Reads a record from the fields of its Redis hash (`HGETALL`).
-    pub fn from_fields(mut h: HashMap<String, String>) -> Result<Self, String> {
+    /// Reads the record of task `id` of `queue` from the fields of its Redis hash
+    /// (`HGETALL`). The hash leaves out what its key tells (id and queue) and fields still
+    /// zero or empty (attempts, lease, tags).
+    pub fn from_fields(
+        queue: &str,
+        id: &str,
+        mut h: HashMap<String, String>,
+    ) -> Result<Self, String> {
         fn int(h: &HashMap<String, String>, f: &str) -> Result<i64, String> {
             h.get(f)
                 .ok_or_else(|| format!("task field {f} missing"))?
@@ -407,12 +413,12 @@ impl TaskRecord {
                 .map_err(|e: Invalid| e.to_string())?,
             priority: int(&h, "priority")?,
             cost: int(&h, "cost")?,
-            attempts: int(&h, "attempts")?,
+            attempts: opt_int(&h, "attempts").unwrap_or(0),
             runs: opt_int(&h, "runs").unwrap_or(0),
             requeues: opt_int(&h, "requeues").unwrap_or(0),
             max_attempts: int(&h, "max_attempts")?,
             timeout_ms: int(&h, "timeout_ms")?,
-            lease: int(&h, "lease")?,
+            lease: opt_int(&h, "lease").unwrap_or(0),
             submitted_at: int(&h, "submitted_at")?,
             assigned_at: opt_int(&h, "assigned_at"),
             started_at: opt_int(&h, "started_at"),
@@ -430,8 +436,8 @@ impl TaskRecord {
             payload: json(h.remove("payload")).unwrap_or(Value::Null),
             result: json(h.remove("result")),
             error: h.remove("error"),
-            id: h.remove("id").ok_or("task field id missing")?,
-            queue: h.remove("queue").ok_or("task field queue missing")?,
+            id: id.to_string(),
+            queue: queue.to_string(),
             kind: h.remove("kind").ok_or("task field kind missing")?,
         };
         // Redis keeps the attempts that did not succeed; the successful one is the record.

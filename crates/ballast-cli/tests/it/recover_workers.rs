@@ -77,11 +77,11 @@ async fn a_dead_workers_tasks_go_to_the_living_without_using_attempts() {
         ("0", "1", "1")
     );
     let tb = env.task_hash(Q, &b).await;
-    assert_eq!(
-        (tb["attempts"].as_str(), tb["requeues"].as_str()),
-        ("0", "1")
+    assert_eq!(tb["requeues"], "1");
+    assert!(
+        !tb.contains_key("runs") && !tb.contains_key("attempts"),
+        "{tb:?}"
     );
-    assert!(!tb.contains_key("runs"));
 
     // Why, recorded.
     let log = env.store.recoveries(Q).await.expect("recoveries");
@@ -147,12 +147,10 @@ async fn concurrent_recoveries_hand_each_task_back_once() {
     assert_eq!(env.zrange(Q, "pending").await.len(), 8);
     for s in &specs {
         let t = env.task_hash(Q, &s.id).await;
+        // No attempt used: given back by a run cut short, or never taken (none stored).
+        let attempts = t.get("attempts").map_or("0", String::as_str);
         assert_eq!(
-            (
-                t["state"].as_str(),
-                t["requeues"].as_str(),
-                t["attempts"].as_str()
-            ),
+            (t["state"].as_str(), t["requeues"].as_str(), attempts),
             ("pending", "1", "0")
         );
     }

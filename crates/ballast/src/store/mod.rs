@@ -253,7 +253,7 @@ pub(crate) fn split_tags(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// A submitted task's arguments after its id (and queue), as the submit functions take them.
+/// A submitted task's arguments after its id, as the submit functions take them.
 fn task_args(call: &mut Call, spec: &TaskSpec, checked: &Checked) {
     call.arg(&spec.kind)
         .arg(&checked.payload)
@@ -452,7 +452,7 @@ impl Store {
         self.remember_queue(&spec.queue, &mut conn).await?;
         let p = prefix(&spec.queue);
         let mut call = SUBMIT_TASK.key(format!("{p}task:{}", spec.id));
-        call.arg(&p).arg(&spec.id).arg(&spec.queue);
+        call.arg(&p).arg(&spec.id);
         task_args(&mut call, spec, checked);
         let reply: Vec<String> = call.invoke_async(&mut conn).await?;
         placement(&reply)
@@ -475,7 +475,7 @@ impl Store {
             let p = prefix(queue);
             for chunk in run.chunks(1000) {
                 let mut call = SUBMIT_TASKS.key(format!("{p}pending"));
-                call.arg(&p).arg(queue);
+                call.arg(&p);
                 for (spec, checked) in chunk {
                     call.arg(&spec.id);
                     task_args(&mut call, spec, checked);
@@ -518,7 +518,9 @@ impl Store {
         if h.is_empty() {
             return Ok(None);
         }
-        TaskRecord::from_fields(h).map(Some).map_err(Error::Corrupt)
+        TaskRecord::from_fields(queue, id, h)
+            .map(Some)
+            .map_err(Error::Corrupt)
     }
 
     /// Bytes Redis uses for each of these task records (`MEMORY USAGE`; 0 for an unknown
@@ -557,11 +559,11 @@ impl Store {
                 pipe.hgetall(format!("{p}task:{id}"));
             }
             let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-            for h in rows {
+            for (id, h) in chunk.iter().zip(rows) {
                 out.push(if h.is_empty() {
                     None
                 } else {
-                    Some(TaskRecord::from_fields(h).map_err(Error::Corrupt)?)
+                    Some(TaskRecord::from_fields(queue, id, h).map_err(Error::Corrupt)?)
                 });
             }
         }
@@ -1191,7 +1193,8 @@ impl Store {
         let mut tasks: HashMap<String, TaskRecord> = HashMap::new();
         for k in task_keys {
             let h: HashMap<String, String> = conn.hgetall(&k).await?;
-            match TaskRecord::from_fields(h) {
+            let id = &k[p.len() + "task:".len()..];
+            match TaskRecord::from_fields(queue, id, h) {
                 Ok(t) => {
                     tasks.insert(t.id.clone(), t);
                 }

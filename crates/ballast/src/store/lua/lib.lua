@@ -268,7 +268,7 @@ end
 -- was assigned to w. Index changes go to batch b. Returns the record the worker gets:
 -- {id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt, role}.
 local function start(id, w, h, o, cost, lease, now, b, fresh)
-  local tk, attempt = task_key(id), str(num(h[o + 1]) + 1)
+  local tk, attempt = task_key(id), str(num(h[o + 1] or '0') + 1)
   local runs = str(num(h[o + 2] or '0') + 1)
   if fresh then
     redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'assigned_at',
@@ -419,7 +419,7 @@ local function place_baseline(policy, now, got)
     if not w then break end
     -- Each assignment is written before the next choice, which reads it.
     local b = new_batch()
-    assign(id, w, num(h[2]) + 1, now, b)
+    assign(id, w, num(h[2] or '0') + 1, now, b)
     flush_batch(b)
     if got then got[id] = w end
     charge(w, num(h[1]), next_tick(ticks))
@@ -478,7 +478,7 @@ local function place(now, me, got)
       else
         h = redis.call('HMGET', task_key(id), 'cost', 'tags', 'lease')
       end
-      local shape = h[2] .. '|' .. h[1]
+      local shape = (h[2] or '') .. '|' .. h[1]
       if blocked[shape] then
         stepped = stepped + 1
       elseif incapable[shape] then
@@ -495,9 +495,10 @@ local function place(now, me, got)
           local tick = next_tick(ticks)
           if v.loaded then view_charge(v, w, cost, tick) else charge(w, cost, tick) end
           if me and w == me.w and #me.out < me.max then
-            me.out[#me.out + 1] = start(id, w, h, 3, h[1], str(num(h[3]) + 1), now, b, true)
+            local lease = num(h[3] or '0') + 1
+            me.out[#me.out + 1] = start(id, w, h, 3, h[1], str(lease), now, b, true)
           else
-            assign(id, w, num(h[3]) + 1, now, b)
+            assign(id, w, num(h[3] or '0') + 1, now, b)
           end
           if got then got[id] = w end
           placed = placed + 1
@@ -634,16 +635,19 @@ end
 -- holds further fields (a job's map tasks carry `job` and `chunk`). A caller storing many
 -- passes `b`, a batch that takes the pending entry, and `seq`, the task's sequence number
 -- (taken from the counter for the whole batch at once). Returns its order.
-local function new_task(id, queue, kind, payload, priority, cost, tags, max_attempts,
-                        timeout_ms, due, now, extra, b, seq)
+-- The record holds nothing it can be told without: its id and queue are in its key, and
+-- `attempts`, `lease` and `tags` are absent while zero or empty. Every field costs a
+-- little in each command that touches the record, and memory for as long as it is kept.
+local function new_task(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due,
+                        now, extra, b, seq)
   local tk = task_key(id)
   seq = seq or redis.call('INCR', key('seq'))
-  local order = fmt((1000 - tonumber(priority)) * ORDER_SHIFT + seq)
+  local order = fmt((1000 - num(priority)) * ORDER_SHIFT + seq)
   local state = due > now and 'scheduled' or 'pending'
-  redis.call('HSET', tk, 'id', id, 'queue', queue, 'kind', kind, 'payload', payload,
-    'priority', priority, 'cost', cost, 'tags', tags, 'max_attempts', max_attempts,
-    'timeout_ms', timeout_ms, 'state', state, 'order', order, 'attempts', '0', 'lease', '0',
+  redis.call('HSET', tk, 'kind', kind, 'payload', payload, 'priority', priority, 'cost', cost,
+    'max_attempts', max_attempts, 'timeout_ms', timeout_ms, 'state', state, 'order', order,
     'submitted_at', ts(now))
+  if tags ~= '' then redis.call('HSET', tk, 'tags', tags) end
   if extra and #extra > 0 then redis.call('HSET', tk, unpack(extra)) end
   if state == 'scheduled' then
     redis.call('HSET', tk, 'run_at', due)
@@ -727,11 +731,11 @@ job_task_settled = function(id, state, body, now, job)
   end
   local h = redis.call('HMGET', jk, 'done', 'failed', 'total')
   if tonumber(h[1]) + tonumber(h[2]) < tonumber(h[3]) then return end
-  local r = redis.call('HMGET', jk, 'queue', 'reduce_kind', 'priority', 'reduce_cost', 'tags',
+  local r = redis.call('HMGET', jk, 'reduce_kind', 'priority', 'reduce_cost', 'tags',
     'max_attempts', 'timeout_ms')
   local rid = jid .. '-reduce'
-  new_task(rid, r[1], r[2], cjson.encode({ job = jid, chunks = tonumber(h[3]) }), r[3], r[4],
-    r[5], r[6], r[7], now, now, { 'job', jid, 'role', 'reduce' })
+  new_task(rid, r[1], cjson.encode({ job = jid, chunks = tonumber(h[3]) }), r[2], r[3], r[4],
+    r[5], r[6], now, now, { 'job', jid, 'role', 'reduce' })
   redis.call('HSET', jk, 'state', 'reducing', 'reduce_task', rid)
   redis.call('RPUSH', jk .. ':tasks', rid)
 end
@@ -866,12 +870,12 @@ end
 -- Store one submitted task (ARGV-style strings). Returns "exists" when the id is taken
 -- (nothing written), "scheduled" when its time is ahead, or nil: pending, to be placed and
 -- then told with submitted_placements().
-local function submit_one(id, queue, kind, payload, priority, cost, tags, max_attempts,
-                          timeout_ms, delay, not_before, now, b, seq)
+local function submit_one(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms,
+                          delay, not_before, now, b, seq)
   if redis.call('EXISTS', task_key(id)) == 1 then return 'exists' end
   local due = math.max(now + num(delay), num(not_before))
-  new_task(id, queue, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due, now,
-    nil, b, seq)
+  new_task(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due, now, nil, b,
+    seq)
   if due > now then return 'scheduled' end
   return nil
 end

@@ -3,16 +3,15 @@
 -- KEYS[1]  hash    the task record, P .. 'task:' .. id (routes the call on Cluster)
 -- ARGV[1]  string  queue prefix P = "ballast:{queue}:"; every other key is built from it
 -- ARGV[2]  string  task id
--- ARGV[3]  string  queue name
--- ARGV[4]  string  kind (handler name)
--- ARGV[5]  string  payload (JSON text)
--- ARGV[6]  int     priority, -1000..1000
--- ARGV[7]  int     cost, >= 1
--- ARGV[8]  string  required tags, sorted and comma-joined ("" for none)
--- ARGV[9]  int     max attempts
--- ARGV[10] int     timeout in milliseconds
--- ARGV[11] int     delay in milliseconds from now (Redis clock), 0 for none
--- ARGV[12] int     not before this time (ms since the epoch), 0 for none
+-- ARGV[3]  string  kind (handler name)
+-- ARGV[4]  string  payload (JSON text)
+-- ARGV[5]  int     priority, -1000..1000
+-- ARGV[6]  int     cost, >= 1
+-- ARGV[7]  string  required tags, sorted and comma-joined ("" for none)
+-- ARGV[8]  int     max attempts
+-- ARGV[9]  int     timeout in milliseconds
+-- ARGV[10] int     delay in milliseconds from now (Redis clock), 0 for none
+-- ARGV[11] int     not before this time (ms since the epoch), 0 for none
 --
 -- A task with a time still ahead waits in P .. 'scheduled' until promote_tasks.lua brings
 -- it to pending.
@@ -21,8 +20,8 @@
 
 local now = now_ms()
 local status = submit_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
-  ARGV[9], ARGV[10], ARGV[11] or '0', ARGV[12] or '0', now)
+  ARGV[9], ARGV[10] or '0', ARGV[11] or '0', now)
 if status then return { status } end
 local got = {}
 place(now, nil, got)
-return submitted_placements({ ARGV[2] }, { ARGV[7] }, { ARGV[8] }, got)[1]
+return submitted_placements({ ARGV[2] }, { ARGV[6] }, { ARGV[7] }, got)[1]

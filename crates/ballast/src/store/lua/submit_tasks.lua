@@ -4,21 +4,19 @@
 --
 -- KEYS[1] zset    P .. 'pending' (routes the call on Cluster)
 -- ARGV[1] string  queue prefix P = "ballast:{queue}:"
--- ARGV[2] string  queue name
--- ARGV[3..] ten per task: id, kind, payload, priority, cost, tags, max attempts,
+-- ARGV[2..] ten per task: id, kind, payload, priority, cost, tags, max attempts,
 --                 timeout ms, delay ms, not-before ms (as submit_task.lua takes them)
 --
 -- Returns one reply per task, as submit_task.lua's: {"assigned", worker} | {"pending"} |
 -- {"parked"} | {"scheduled"} | {"exists"}.
 
-local queue = ARGV[2]
 local now = now_ms()
 -- Sequence numbers are counted here and written back once (a duplicate takes none).
 local seq = tonumber(redis.call('GET', key('seq')) or '0')
 local first = seq
 local b, replies, ids, costs, tags, slot = new_batch(), {}, {}, {}, {}, {}
-for i = 3, #ARGV, 10 do
-  local status = submit_one(ARGV[i], queue, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
+for i = 2, #ARGV, 10 do
+  local status = submit_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
     ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], now, b, seq + 1)
   if status ~= 'exists' then seq = seq + 1 end
   replies[#replies + 1] = status and { status } or false
