@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Redis instructions per task for ballast's two hot paths, counted by callgrind: a batched
+# submit of N tasks (`ballast submit --file`, batches of 1,000) and the drain of those N
+# tasks by one `ballast worker` of capacity C. An instruction count is the same from run to
+# run whatever else the machine does, so it shows a change of a few percent that wall time
+# and even `INFO cpu` hide; it does not count the kernel's socket work.
+#
+# Usage: bench/instructions.sh [N] [C]     (defaults 10000 and 256; about a minute)
+# Needs valgrind (apt-get install -y valgrind) and redis-server >= 7, and builds the
+# release binary first.
+set -euo pipefail
+
+n=${1:-10000}
+capacity=${2:-256}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p ballast-cli
+ballast="$root/target/release/ballast"
+for tool in valgrind callgrind_control redis-server redis-cli python3; do
+  command -v "$tool" >/dev/null || { echo "instructions.sh: $tool is missing" >&2; exit 1; }
+done
+
+dir=$(mktemp -d)
+server=""
+worker=""
+cleanup() {
+  [ -n "$worker" ] && kill "$worker" 2>/dev/null || true
+  [ -n "$server" ] && redis-cli -s "$dir/r.sock" shutdown nosave >/dev/null 2>&1 || true
+  [ -n "$server" ] && wait "$server" 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+python3 - "$n" >"$dir/tasks.jsonl" <<'EOF'
+import json, sys
+for i in range(int(sys.argv[1])):
+    print(json.dumps({"kind": "noop", "payload": {"i": i, "pad": "x" * 80}}))
+EOF
+
+valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
+  redis-server --port 0 --unixsocket "$dir/r.sock" --save '' --appendonly no --dir "$dir" \
+  >"$dir/server.log" 2>&1 &
+server=$!
+cli() { redis-cli -s "$dir/r.sock" "$@"; }
+for _ in $(seq 1 150); do cli ping >/dev/null 2>&1 && break; sleep 0.2; done
+url="redis+unix://$dir/r.sock"
+
+# Instructions since the last zeroing (callgrind_control dumps a file per request).
+counted() {
+  callgrind_control -d "$server" >/dev/null
+  grep -hE '^(summary|totals):' "$(ls -t "$dir"/cg.out.* | head -1)" | head -1 | awk '{print $2}'
+}
+
+# One task first: loads the function library, which is not what is measured.
+"$ballast" submit --redis "$url" --queue ib --kind noop >/dev/null
+callgrind_control -z "$server" >/dev/null
+"$ballast" submit --redis "$url" --queue ib --file "$dir/tasks.jsonl" >/dev/null
+submit=$(counted)
+
+callgrind_control -z "$server" >/dev/null
+"$ballast" worker --redis "$url" --queue ib --capacity "$capacity" --id ib >/dev/null 2>&1 &
+worker=$!
+until [ "$(cli zcard 'ballast:{ib}:succeeded')" -ge $((n + 1)) ]; do sleep 0.2; done
+drain=$(counted)
+kill -INT "$worker"
+wait "$worker" || true
+worker=""
+
+echo "tasks: $n, worker capacity: $capacity"
+echo "submit: $((submit / n)) Redis instructions per task"
+echo "drain:  $((drain / n)) Redis instructions per task"
