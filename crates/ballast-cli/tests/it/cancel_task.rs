@@ -26,7 +26,11 @@ async fn tasks_not_started_are_cancelled_at_once_wherever_they_wait() {
     }
     // Cancelling the assigned one freed w, so the waiting task was placed there.
     assert_eq!(env.worker_of(Q, &waiting).await.as_deref(), Some("w"));
-    assert_eq!(env.inbox(Q, "w").await, vec![waiting.clone()]);
+    // The cancelled task's id stays in the inbox (taking it out would scan the list)...
+    assert_eq!(
+        env.inbox(Q, "w").await,
+        vec![pending.clone(), waiting.clone()]
+    );
     for id in [&delayed, &pending] {
         let t = env.store.task(Q, id).await.expect("read").expect("task");
         assert_eq!(
@@ -37,6 +41,23 @@ async fn tasks_not_started_are_cancelled_at_once_wherever_they_wait() {
     }
     assert_eq!(env.zrange(Q, "cancelled").await.len(), 2);
     assert!(env.zrange(Q, "scheduled").await.is_empty());
+    env.assert_sound(Q).await;
+    // ...and a claim steps over it to the task that is w's.
+    let claimed = env.claim(Q, "w", 1).await;
+    assert_eq!(
+        claimed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        vec![waiting.as_str()]
+    );
+    assert!(env.inbox(Q, "w").await.is_empty());
+    assert_eq!(
+        env.store
+            .task(Q, &pending)
+            .await
+            .expect("read")
+            .expect("task")
+            .state,
+        TaskState::Cancelled
+    );
     env.assert_sound(Q).await;
 }
 

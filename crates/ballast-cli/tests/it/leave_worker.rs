@@ -56,7 +56,9 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
         env.zscores(Q, "pending").await,
         vec![(t2.clone(), h2["order"].parse::<f64>().expect("order"))]
     );
-    // Out of every free and capacity index; inbox and assigned index empty (keys gone).
+    // Out of every free and capacity index; the assigned index is empty (key gone). t2's id
+    // stays in the inbox (no scan of the list), where a claim would skip it.
+    assert_eq!(env.inbox(Q, "w").await, vec![t2.clone()]);
     let (k1, k2) = (format!("task:{t1}"), format!("task:{t2}"));
     assert_eq!(
         env.keys().await,
@@ -72,6 +74,7 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
                 &k1,
                 &k2,
                 "worker:w",
+                "worker:w:inbox",
                 "worker:w:tasks",
                 "workers",
             ]
@@ -118,7 +121,8 @@ async fn drain_places_handed_back_tasks_on_another_worker() {
     );
     assert_eq!(env.inbox(Q, "w2").await, vec![t2.clone()]);
     assert_eq!(env.zrange(Q, "pending").await, vec![t3.clone()]);
-    assert!(env.inbox(Q, "w1").await.is_empty());
+    // Their ids stay in w1's inbox, which nothing claims from any more.
+    assert_eq!(env.inbox(Q, "w1").await, vec![t2.clone(), t3.clone()]);
     assert_eq!(env.smembers(Q, "worker:w1:tasks").await, vec![t1.clone()]);
     assert_eq!(env.worker_int(Q, "w1", "assigned").await, 1);
     assert_eq!(env.worker_int(Q, "w2", "assigned").await, 2);

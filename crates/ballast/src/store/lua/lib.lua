@@ -558,11 +558,12 @@ local function append_history(tk, entry, raw)
 end
 
 -- Take held task `id` (in `state`, assigned or running) off worker w: out of its state index
--- (and w's inbox when assigned), w's held set, and its cost off w's count.
+-- and w's held set, and its cost off w's count. An assigned task's id stays in w's inbox:
+-- taking it out would be a scan of the list (LREM), and claim() skips an id whose task is no
+-- longer assigned to w when it comes to it.
 -- Returns whether w's record exists; the caller re-indexes w.
 local function unhold(id, w, state, cost)
   redis.call('ZREM', key(state), id)
-  if state == 'assigned' then redis.call('LREM', inbox_key(w), 0, id) end
   redis.call('SREM', held_key(w), id)
   -- An orphan's worker has no record; counting on it would create one.
   if redis.call('EXISTS', worker_key(w)) == 0 then return false end
@@ -792,22 +793,21 @@ end
 
 -- Claim up to `max` tasks for worker w: `given` ids (already popped from the inbox by the
 -- worker's blocking wait) and then more from the inbox. Each must still be assigned to w;
--- a task that was taken back meanwhile is skipped. Returns flat records for the worker.
+-- an id whose task was taken back meanwhile is dropped, and another is popped in its place.
+-- Returns flat records for the worker.
 local function claim(w, given, max, now)
-  local ids = {}
-  for _, id in ipairs(given) do ids[#ids + 1] = id end
-  if #ids < max then
-    local more = redis.call('LPOP', inbox_key(w), max - #ids)
-    if more then
-      for _, id in ipairs(more) do ids[#ids + 1] = id end
-    end
-  end
   local out, b = {}, new_batch()
-  for _, id in ipairs(ids) do
-    local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', unpack(START_FIELDS))
-    if h[1] == 'assigned' and h[2] == w then
-      out[#out + 1] = start(id, w, h, 4, h[3], h[4], now, b, false)
+  local ids = given
+  while true do
+    for _, id in ipairs(ids) do
+      local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', unpack(START_FIELDS))
+      if h[1] == 'assigned' and h[2] == w then
+        out[#out + 1] = start(id, w, h, 4, h[3], h[4], now, b, false)
+      end
     end
+    if #out >= max then break end
+    ids = redis.call('LPOP', inbox_key(w), max - #out)
+    if not ids then break end
   end
   flush_batch(b)
   return out
