@@ -450,7 +450,8 @@ end
 -- `me` (optional) is {w = worker, max = n, out = {}}: tasks placed on that worker, up to n,
 -- are started at once and their records appended to `out` (a worker that reports finished
 -- tasks gets its next ones in the same call, with no inbox round trip).
--- `got` (optional): a table that receives got[id] = worker for every task placed.
+-- `got` (optional): a table that receives got[id] = worker for every task placed and
+-- got[id] = false for every task parked.
 -- Returns the number of tasks placed.
 local function place(now, me, got)
   local policy = redis.call('GET', key('policy'))
@@ -483,6 +484,7 @@ local function place(now, me, got)
         stepped = stepped + 1
       elseif incapable[shape] then
         park_later(b, id)
+        if got then got[id] = false end
       else
         local cost, tags = num(h[1]), split_tags(h[2])
         local w
@@ -521,6 +523,7 @@ local function place(now, me, got)
           else
             incapable[shape] = true
             park_later(b, id)
+            if got then got[id] = false end
           end
         end
       end
@@ -870,51 +873,45 @@ local function finish_done(w, b, freed, now)
 end
 
 -- Store one submitted task (ARGV-style strings). Returns "exists" when the id is taken
--- (nothing written), "scheduled" when its time is ahead, or nil: pending, to be placed and
--- then told with submitted_placements().
+-- (nothing written), "scheduled" when its time is ahead, or nil and the task's order:
+-- pending, to be placed and then told with submitted_placements().
 local function submit_one(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms,
                           delay, not_before, now, b, seq)
   if redis.call('EXISTS', task_key(id)) == 1 then return 'exists' end
   local due = math.max(now + num(delay), num(not_before))
-  new_task(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due, now, nil, b,
-    seq)
+  local order = new_task(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due,
+    now, nil, b, seq)
   if due > now then return 'scheduled' end
-  return nil
+  return nil, order
 end
 
 -- Where tasks submitted as pending went once placement ran, without reading them back:
--- ids[k] was submitted with costs[k] and tags[k], and `got` is what place() filled in.
--- Returns, by k, {"assigned", worker}, {"parked"} or {"pending"}. place() does not run
--- while every worker is full, so a task no live worker could ever run is parked here all
--- the same and `parked` means the same whatever the load; with no worker at all it stays
--- pending (nothing can yet be incapable of running it).
-local function submitted_placements(ids, costs, tags, got)
-  local out, rest = {}, {}
+-- ids[k] was submitted with costs[k], tags[k] and orders[k], and `got` is what place()
+-- filled in. Returns, by k, {"assigned", worker}, {"parked"} or {"pending"}. place() does
+-- not run while every worker is full, so a task no live worker could ever run is parked
+-- here all the same and `parked` means the same whatever the load; with no worker at all
+-- it stays pending (nothing can yet be incapable of running it).
+local function submitted_placements(ids, costs, tags, orders, got)
+  local out, any_worker, can = {}, nil, {}
   for k, id in ipairs(ids) do
-    if got[id] then out[k] = { 'assigned', got[id] } else rest[#rest + 1] = k end
-  end
-  if #rest == 0 then return out end
-  local names = {}
-  for i, k in ipairs(rest) do names[i] = ids[k] end
-  local orders = redis.call('ZMSCORE', key('pending'), unpack(names))
-  local any_worker = redis.call('EXISTS', cap_key()) == 1
-  local can = {}
-  for i, k in ipairs(rest) do
-    local order = orders[i]
-    if not order then
+    local g = got[id]
+    if g then
+      out[k] = { 'assigned', g }
+    elseif g == false then
       out[k] = { 'parked' }
-    elseif any_worker then
-      local shape = tags[k] .. '|' .. costs[k]
-      if can[shape] == nil then can[shape] = capable(tonumber(costs[k]), split_tags(tags[k])) end
-      if can[shape] then
-        out[k] = { 'pending' }
-      else
-        redis.call('ZREM', key('pending'), ids[k])
-        redis.call('ZADD', key('parked'), order, ids[k])
-        out[k] = { 'parked' }
-      end
     else
-      out[k] = { 'pending' }
+      if any_worker == nil then any_worker = redis.call('EXISTS', cap_key()) == 1 end
+      local shape = tags[k] .. '|' .. costs[k]
+      if any_worker and can[shape] == nil then
+        can[shape] = capable(num(costs[k]), split_tags(tags[k]))
+      end
+      if any_worker and not can[shape] then
+        redis.call('ZREM', key('pending'), id)
+        redis.call('ZADD', key('parked'), orders[k], id)
+        out[k] = { 'parked' }
+      else
+        out[k] = { 'pending' }
+      end
     end
   end
   return out

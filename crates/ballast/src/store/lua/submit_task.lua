@@ -19,9 +19,9 @@
 -- when the id is taken (so a retried batch does not submit twice).
 
 local now = now_ms()
-local status = submit_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
-  ARGV[9], ARGV[10] or '0', ARGV[11] or '0', now)
+local status, order = submit_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7],
+  ARGV[8], ARGV[9], ARGV[10] or '0', ARGV[11] or '0', now)
 if status then return { status } end
 local got = {}
 place(now, nil, got)
-return submitted_placements({ ARGV[2] }, { ARGV[6] }, { ARGV[7] }, got)[1]
+return submitted_placements({ ARGV[2] }, { ARGV[6] }, { ARGV[7] }, { order }, got)[1]

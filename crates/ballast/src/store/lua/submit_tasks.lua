@@ -14,20 +14,24 @@ local now = now_ms()
 -- Sequence numbers are counted here and written back once (a duplicate takes none).
 local seq = tonumber(redis.call('GET', key('seq')) or '0')
 local first = seq
-local b, replies, ids, costs, tags, slot = new_batch(), {}, {}, {}, {}, {}
+local b, replies, ids, costs, tags, orders, slot = new_batch(), {}, {}, {}, {}, {}, {}
 for i = 2, #ARGV, 10 do
-  local status = submit_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], now, b, seq + 1)
+  local status, order = submit_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+    ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], now, b,
+    seq + 1)
   if status ~= 'exists' then seq = seq + 1 end
   replies[#replies + 1] = status and { status } or false
   if not status then
-    ids[#ids + 1], costs[#ids + 1], tags[#ids + 1] = ARGV[i], ARGV[i + 4], ARGV[i + 5]
-    slot[#ids] = #replies
+    local k = #ids + 1
+    ids[k], costs[k], tags[k], orders[k] = ARGV[i], ARGV[i + 4], ARGV[i + 5], order
+    slot[k] = #replies
   end
 end
-if seq > first then redis.call('SET', key('seq'), seq) end
+if seq > first then redis.call('SET', key('seq'), fmt(seq)) end
 flush_batch(b)
 local got = {}
 place(now, nil, got)
-for k, reply in pairs(submitted_placements(ids, costs, tags, got)) do replies[slot[k]] = reply end
+for k, reply in pairs(submitted_placements(ids, costs, tags, orders, got)) do
+  replies[slot[k]] = reply
+end
 return replies
