@@ -253,17 +253,41 @@ pub(crate) fn split_tags(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// A submitted task's arguments after its id, as the submit functions take them.
+/// A submitted task's arguments after its id, as submit_task takes them.
 fn task_args(call: &mut Call, spec: &TaskSpec, checked: &Checked) {
-    call.arg(&spec.kind)
-        .arg(&checked.payload)
-        .arg(spec.priority)
+    call.arg(&spec.kind).arg(&checked.payload);
+    shape_rest(call, spec, checked);
+}
+
+/// A task's shape as submit_tasks takes it: kind, then what follows the payload.
+fn shape_args(call: &mut Call, spec: &TaskSpec, checked: &Checked) {
+    call.arg(&spec.kind);
+    shape_rest(call, spec, checked);
+}
+
+fn shape_rest(call: &mut Call, spec: &TaskSpec, checked: &Checked) {
+    call.arg(spec.priority)
         .arg(spec.cost)
         .arg(checked.tags.join(","))
         .arg(spec.max_attempts)
         .arg(spec.timeout_ms)
         .arg(spec.delay_ms)
         .arg(spec.not_before_ms);
+}
+
+/// What two tasks of one shape share: everything but id and payload.
+type Shape<'a> = (&'a str, [i64; 6], &'a [String]);
+
+fn shape<'a>(spec: &'a TaskSpec, checked: &'a Checked) -> Shape<'a> {
+    let numbers = [
+        spec.priority,
+        spec.cost,
+        spec.max_attempts,
+        spec.timeout_ms,
+        spec.delay_ms,
+        spec.not_before_ms,
+    ];
+    (&spec.kind, numbers, &checked.tags)
 }
 
 /// `BLPOP` for up to `timeout`. A blocking connection has no reply timeout of its own, so a
@@ -474,15 +498,28 @@ impl Store {
             self.remember_queue(queue, &mut conn).await?;
             let p = prefix(queue);
             for chunk in run.chunks(1000) {
-                let mut call = SUBMIT_TASKS.key(format!("{p}pending"));
-                call.arg(&p);
-                for (spec, checked) in chunk {
-                    call.arg(&spec.id);
-                    task_args(&mut call, spec, checked);
+                // Each distinct shape (everything but id and payload) is sent once.
+                let mut shapes: Vec<(&TaskSpec, &Checked)> = Vec::new();
+                let mut numbers = HashMap::new();
+                let mut shape_of = Vec::with_capacity(chunk.len());
+                for &(spec, checked) in chunk {
+                    let n = *numbers.entry(shape(spec, checked)).or_insert_with(|| {
+                        shapes.push((spec, checked));
+                        shapes.len()
+                    });
+                    shape_of.push(n);
                 }
-                let replies: Vec<Vec<String>> = call.invoke_async(&mut conn).await?;
-                for r in replies {
-                    out.push(placement(&r)?);
+                let mut call = SUBMIT_TASKS.key(format!("{p}pending"));
+                call.arg(&p).arg(shapes.len());
+                for (spec, checked) in &shapes {
+                    shape_args(&mut call, spec, checked);
+                }
+                for ((spec, checked), shape) in chunk.iter().zip(shape_of) {
+                    call.arg(&spec.id).arg(&checked.payload).arg(shape);
+                }
+                let replies: Vec<String> = call.invoke_async(&mut conn).await?;
+                for r in replies.chunks(2) {
+                    out.push(placement(r)?);
                 }
             }
         }

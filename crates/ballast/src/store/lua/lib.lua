@@ -887,18 +887,18 @@ end
 
 -- Where tasks submitted as pending went once placement ran, without reading them back:
 -- ids[k] was submitted with costs[k], tags[k] and orders[k], and `got` is what place()
--- filled in. Returns, by k, {"assigned", worker}, {"parked"} or {"pending"}. place() does
--- not run while every worker is full, so a task no live worker could ever run is parked
--- here all the same and `parked` means the same whatever the load; with no worker at all
--- it stays pending (nothing can yet be incapable of running it).
+-- filled in. Returns, by k, "assigned" (to got[ids[k]]), "parked" or "pending". place()
+-- does not run while every worker is full, so a task no live worker could ever run is
+-- parked here all the same and `parked` means the same whatever the load; with no worker at
+-- all it stays pending (nothing can yet be incapable of running it).
 local function submitted_placements(ids, costs, tags, orders, got)
   local out, any_worker, can = {}, nil, {}
   for k, id in ipairs(ids) do
     local g = got[id]
     if g then
-      out[k] = { 'assigned', g }
+      out[k] = 'assigned'
     elseif g == false then
-      out[k] = { 'parked' }
+      out[k] = 'parked'
     else
       if any_worker == nil then any_worker = redis.call('EXISTS', cap_key()) == 1 end
       local shape = tags[k] .. '|' .. costs[k]
@@ -908,9 +908,9 @@ local function submitted_placements(ids, costs, tags, orders, got)
       if any_worker and not can[shape] then
         redis.call('ZREM', key('pending'), id)
         redis.call('ZADD', key('parked'), orders[k], id)
-        out[k] = { 'parked' }
+        out[k] = 'parked'
       else
-        out[k] = { 'pending' }
+        out[k] = 'pending'
       end
     end
   end

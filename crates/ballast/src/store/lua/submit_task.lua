@@ -24,4 +24,5 @@ local status, order = submit_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], AR
 if status then return { status } end
 local got = {}
 place(now, nil, got)
-return submitted_placements({ ARGV[2] }, { ARGV[6] }, { ARGV[7] }, { order }, got)[1]
+local placed = submitted_placements({ ARGV[2] }, { ARGV[6] }, { ARGV[7] }, { order }, got)[1]
+return { placed, got[ARGV[2]] or nil }

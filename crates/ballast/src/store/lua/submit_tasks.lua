@@ -4,34 +4,45 @@
 --
 -- KEYS[1] zset    P .. 'pending' (routes the call on Cluster)
 -- ARGV[1] string  queue prefix P = "ballast:{queue}:"
--- ARGV[2..] ten per task: id, kind, payload, priority, cost, tags, max attempts,
---                 timeout ms, delay ms, not-before ms (as submit_task.lua takes them)
+-- ARGV[2] int     S, how many task shapes follow
+-- then S shapes of eight: kind, priority, cost, tags, max attempts, timeout ms, delay ms,
+--                 not-before ms (as submit_task.lua takes them)
+-- then three per task: id, payload, the number (1..S) of its shape
 --
--- Returns one reply per task, as submit_task.lua's: {"assigned", worker} | {"pending"} |
--- {"parked"} | {"scheduled"} | {"exists"}.
+-- The tasks of a batch mostly share everything but their id and payload: each shape is
+-- sent once, and Redis turns three arguments per task into Lua values instead of ten.
+--
+-- Returns two strings per task, flat: the placement ("assigned", "pending", "parked",
+-- "scheduled" or "exists", as submit_task.lua's) and the worker ("" unless assigned).
 
 local now = now_ms()
+local shapes = {}
+for s = 1, tonumber(ARGV[2]) do
+  local o = 3 + (s - 1) * 8
+  shapes[s] = { unpack(ARGV, o, o + 7) }
+end
 -- Sequence numbers are counted here and written back once (a duplicate takes none).
 local seq = tonumber(redis.call('GET', key('seq')) or '0')
 local first = seq
 local b, replies, ids, costs, tags, orders, slot = new_batch(), {}, {}, {}, {}, {}, {}
-for i = 2, #ARGV, 10 do
-  local status, order = submit_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-    ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], now, b,
-    seq + 1)
+for i = 3 + #shapes * 8, #ARGV, 3 do
+  local id, payload, t = ARGV[i], ARGV[i + 1], shapes[num(ARGV[i + 2])]
+  local status, order = submit_one(id, t[1], payload, t[2], t[3], t[4], t[5], t[6], t[7], t[8],
+    now, b, seq + 1)
   if status ~= 'exists' then seq = seq + 1 end
-  replies[#replies + 1] = status and { status } or false
+  local r = #replies + 1
+  replies[r], replies[r + 1] = status or 'pending', ''
   if not status then
     local k = #ids + 1
-    ids[k], costs[k], tags[k], orders[k] = ARGV[i], ARGV[i + 4], ARGV[i + 5], order
-    slot[k] = #replies
+    ids[k], costs[k], tags[k], orders[k], slot[k] = id, t[3], t[4], order, r
   end
 end
 if seq > first then redis.call('SET', key('seq'), fmt(seq)) end
 flush_batch(b)
 local got = {}
 place(now, nil, got)
-for k, reply in pairs(submitted_placements(ids, costs, tags, orders, got)) do
-  replies[slot[k]] = reply
+for k, placed in ipairs(submitted_placements(ids, costs, tags, orders, got)) do
+  replies[slot[k]] = placed
+  if placed == 'assigned' then replies[slot[k] + 1] = got[ids[k]] end
 end
 return replies
