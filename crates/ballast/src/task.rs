@@ -388,7 +388,7 @@ pub struct TaskRecord {
 impl TaskRecord {
     /// Reads the record of task `id` of `queue` from the fields of its Redis hash
     /// (`HGETALL`). The hash leaves out what its key tells (id and queue) and fields still
-    /// zero or empty (attempts, lease, tags).
+    /// zero or empty (priority, attempts, lease, tags).
     pub fn from_fields(
         queue: &str,
         id: &str,
@@ -411,7 +411,7 @@ impl TaskRecord {
                 .ok_or("task field state missing")?
                 .parse()
                 .map_err(|e: Invalid| e.to_string())?,
-            priority: int(&h, "priority")?,
+            priority: opt_int(&h, "priority").unwrap_or(0),
             cost: int(&h, "cost")?,
             attempts: opt_int(&h, "attempts").unwrap_or(0),
             runs: opt_int(&h, "runs").unwrap_or(0),

@@ -85,6 +85,39 @@ async fn stores_the_record_with_every_field() {
 }
 
 #[tokio::test]
+async fn a_default_record_leaves_out_what_its_key_and_defaults_tell() {
+    let mut env = Env::start().await;
+    let spec = TaskSpec::new(Q, "noop");
+    env.client.submit(&spec).await.expect("submit");
+    let h = env.task_hash(Q, &spec.id).await;
+    let fields: BTreeSet<&str> = h.keys().map(String::as_str).collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from([
+            "kind",
+            "payload",
+            "cost",
+            "max_attempts",
+            "timeout_ms",
+            "state",
+            "order",
+            "submitted_at"
+        ])
+    );
+    // The typed read fills in the rest.
+    let rec = env
+        .store
+        .task(Q, &spec.id)
+        .await
+        .expect("read")
+        .expect("some");
+    assert_eq!((rec.id.as_str(), rec.queue.as_str()), (spec.id.as_str(), Q));
+    assert_eq!((rec.priority, rec.attempts, rec.lease), (0, 0, 0));
+    assert!(rec.tags.is_empty());
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
 async fn order_puts_higher_priority_first_and_keeps_submission_order() {
     let mut env = Env::start().await;
     let a = env.submit(task(Q, 1)).await;

@@ -640,17 +640,19 @@ end
 -- passes `b`, a batch that takes the pending entry, and `seq`, the task's sequence number
 -- (taken from the counter for the whole batch at once). Returns its order.
 -- The record holds nothing it can be told without: its id and queue are in its key, and
--- `attempts`, `lease` and `tags` are absent while zero or empty. Every field costs a
--- little in each command that touches the record, and memory for as long as it is kept.
+-- `priority`, `attempts`, `lease` and `tags` are absent while zero or empty. Every field
+-- costs a little in each command that touches the record, and memory for as long as it is
+-- kept.
 local function new_task(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due,
                         now, extra, b, seq)
   local tk = task_key(id)
   seq = seq or redis.call('INCR', key('seq'))
   local order = fmt((1000 - num(priority)) * ORDER_SHIFT + seq)
   local state = due > now and 'scheduled' or 'pending'
-  redis.call('HSET', tk, 'kind', kind, 'payload', payload, 'priority', priority, 'cost', cost,
-    'max_attempts', max_attempts, 'timeout_ms', timeout_ms, 'state', state, 'order', order,
-    'submitted_at', ts(now))
+  redis.call('HSET', tk, 'kind', kind, 'payload', payload, 'cost', cost, 'max_attempts',
+    max_attempts, 'timeout_ms', timeout_ms, 'state', state, 'order', order, 'submitted_at',
+    ts(now))
+  if priority ~= '0' then redis.call('HSET', tk, 'priority', priority) end
   if tags ~= '' then redis.call('HSET', tk, 'tags', tags) end
   if extra and #extra > 0 then redis.call('HSET', tk, unpack(extra)) end
   if state == 'scheduled' then
