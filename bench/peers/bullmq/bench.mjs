@@ -4,7 +4,7 @@
 // socket in a temporary folder (and flushes it between suites), so it never touches a Redis
 // you run. Usage: npm install && node bench.mjs [n]
 import { spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue, Worker } from 'bullmq';
@@ -15,6 +15,8 @@ const path = join(dir, 'redis.sock');
 const server = spawn('redis-server', ['--port', '0', '--unixsocket', path, '--save', '',
   '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
 process.on('exit', () => server.kill());
+// Connect once the server listens: an early connection attempt fails and ioredis reports it.
+for (let i = 0; i < 100 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 50));
 const N = parseInt(process.argv[2] || '100000');
 const conn = () => new IORedis({ path, maxRetriesPerRequest: null });
 const admin = conn();
