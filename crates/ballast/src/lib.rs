@@ -60,6 +60,12 @@ pub mod testing;
 pub mod worker;
 
 pub use client::Client;
+
+/// Locks a mutex whose data stays valid even if a holder panicked (sets and maps updated
+/// in single steps), so a poisoned lock is used as it is.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 pub use error::{Error, Invalid, Result};
 pub use handler::{TaskContext, TaskError};
 pub use job::{JobHeader, JobRecord, JobState, JobUpload, MapResults};

@@ -248,10 +248,7 @@ pub struct Checked {
 /// strictly increasing even within one millisecond.
 pub fn new_id() -> String {
     static GEN: OnceLock<Mutex<ulid::Generator>> = OnceLock::new();
-    let mut g = GEN
-        .get_or_init(|| Mutex::new(ulid::Generator::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut g = crate::lock(GEN.get_or_init(|| Mutex::new(ulid::Generator::new())));
     // The generator only fails when 2^80 ids were made in one millisecond.
     g.generate()
         .unwrap_or_else(|_| ulid::Ulid::new())

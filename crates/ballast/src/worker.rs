@@ -526,7 +526,7 @@ impl Runner {
     }
 
     fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.known.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.known)
     }
 
     /// Retries a Redis call with backoff until it succeeds: used where giving up would
@@ -552,7 +552,7 @@ impl Runner {
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.running)
     }
 
     /// Acts on what the heartbeat learns, until `end`: cancel requests stop their handlers;
@@ -577,7 +577,7 @@ impl Runner {
                 }
                 Some(id) = cancels.recv() => {
                     if let Some(handle) = self.lock_running().get(&id) {
-                        self.cancelled.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+                        crate::lock(&self.cancelled).insert(id.clone());
                         handle.abort();
                         tracing::info!(task = %id, "cancelled on request");
                     }
@@ -732,11 +732,7 @@ impl Runner {
         self.lock_running().remove(&task.id);
         // Taken on every path, so that a request arriving as the handler ends is not left
         // to mark a later run of the same task.
-        let asked = self
-            .cancelled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task.id);
+        let asked = crate::lock(&self.cancelled).remove(&task.id);
         let retry = |error: String| Outcome::Retry {
             error,
             delay: self.config.backoff(task.attempt),

@@ -33,58 +33,37 @@ impl Function {
     }
 }
 
-pub(crate) const SUBMIT_TASK: Function =
-    Function::new("submit_task", include_str!("lua/submit_task.lua"));
-pub(crate) const SUBMIT_TASKS: Function =
-    Function::new("submit_tasks", include_str!("lua/submit_tasks.lua"));
-pub(crate) const REGISTER_WORKER: Function =
-    Function::new("register_worker", include_str!("lua/register_worker.lua"));
-pub(crate) const HEARTBEAT_WORKER: Function =
-    Function::new("heartbeat_worker", include_str!("lua/heartbeat_worker.lua"));
-pub(crate) const CLAIM_TASKS: Function =
-    Function::new("claim_tasks", include_str!("lua/claim_tasks.lua"));
-pub(crate) const FINISH_TASK: Function =
-    Function::new("finish_task", include_str!("lua/finish_task.lua"));
-pub(crate) const FINISH_TASKS: Function =
-    Function::new("finish_tasks", include_str!("lua/finish_tasks.lua"));
-pub(crate) const LEAVE_WORKER: Function =
-    Function::new("leave_worker", include_str!("lua/leave_worker.lua"));
-pub(crate) const RECOVER_WORKERS: Function =
-    Function::new("recover_workers", include_str!("lua/recover_workers.lua"));
-pub(crate) const PROMOTE_TASKS: Function =
-    Function::new("promote_tasks", include_str!("lua/promote_tasks.lua"));
-pub(crate) const RETRY_DEAD: Function =
-    Function::new("retry_dead", include_str!("lua/retry_dead.lua"));
-pub(crate) const CANCEL_TASK: Function =
-    Function::new("cancel_task", include_str!("lua/cancel_task.lua"));
-pub(crate) const SUBMIT_JOB: Function =
-    Function::new("submit_job", include_str!("lua/submit_job.lua"));
-pub(crate) const CANCEL_JOB: Function =
-    Function::new("cancel_job", include_str!("lua/cancel_job.lua"));
-pub(crate) const PURGE_DEAD: Function =
-    Function::new("purge_dead", include_str!("lua/purge_dead.lua"));
-pub(crate) const RESYNC_WORKER: Function =
-    Function::new("resync_worker", include_str!("lua/resync_worker.lua"));
+/// Declares each function once: its constant, its body file `lua/<name>.lua`, and its
+/// place in `ALL`.
+macro_rules! functions {
+    ($($constant:ident = $name:literal),* $(,)?) => {
+        $(
+            pub(crate) const $constant: Function =
+                Function::new($name, include_str!(concat!("lua/", $name, ".lua")));
+        )*
+        /// Every function of the library.
+        const ALL: &[Function] = &[$($constant),*];
+    };
+}
 
-/// Every function of the library.
-const ALL: [Function; 16] = [
-    SUBMIT_TASK,
-    SUBMIT_TASKS,
-    REGISTER_WORKER,
-    HEARTBEAT_WORKER,
-    CLAIM_TASKS,
-    FINISH_TASK,
-    FINISH_TASKS,
-    LEAVE_WORKER,
-    RECOVER_WORKERS,
-    PROMOTE_TASKS,
-    RETRY_DEAD,
-    CANCEL_TASK,
-    SUBMIT_JOB,
-    CANCEL_JOB,
-    PURGE_DEAD,
-    RESYNC_WORKER,
-];
+functions! {
+    SUBMIT_TASK = "submit_task",
+    SUBMIT_TASKS = "submit_tasks",
+    REGISTER_WORKER = "register_worker",
+    HEARTBEAT_WORKER = "heartbeat_worker",
+    CLAIM_TASKS = "claim_tasks",
+    FINISH_TASK = "finish_task",
+    FINISH_TASKS = "finish_tasks",
+    LEAVE_WORKER = "leave_worker",
+    RECOVER_WORKERS = "recover_workers",
+    PROMOTE_TASKS = "promote_tasks",
+    RETRY_DEAD = "retry_dead",
+    CANCEL_TASK = "cancel_task",
+    SUBMIT_JOB = "submit_job",
+    CANCEL_JOB = "cancel_job",
+    PURGE_DEAD = "purge_dead",
+    RESYNC_WORKER = "resync_worker",
+}
 
 struct Library {
     /// The text `FUNCTION LOAD` takes.

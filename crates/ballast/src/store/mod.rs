@@ -253,44 +253,47 @@ pub(crate) fn split_tags(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// A submitted task's arguments after its id, as submit_task takes them.
-fn task_args(call: &mut Call, spec: &TaskSpec, checked: &Checked) {
-    call.arg(&spec.kind).arg(&checked.payload);
-    shape_rest(call, spec, checked);
+/// What tasks of one shape share: everything but id and payload.
+#[derive(PartialEq, Eq, Hash)]
+struct Shape<'a> {
+    kind: &'a str,
+    /// priority, cost, max attempts, timeout, delay, not before: in the order the submit
+    /// functions take them after the tags.
+    numbers: [i64; 6],
+    tags: &'a [String],
 }
 
-/// A task's shape as submit_tasks takes it: kind, then what follows the payload.
-fn shape_args(call: &mut Call, spec: &TaskSpec, checked: &Checked) {
-    call.arg(&spec.kind);
-    shape_rest(call, spec, checked);
+impl<'a> Shape<'a> {
+    fn of(spec: &'a TaskSpec, checked: &'a Checked) -> Self {
+        Shape {
+            kind: &spec.kind,
+            numbers: [
+                spec.priority,
+                spec.cost,
+                spec.max_attempts,
+                spec.timeout_ms,
+                spec.delay_ms,
+                spec.not_before_ms,
+            ],
+            tags: &checked.tags,
+        }
+    }
+
+    /// The shape's arguments after the kind (and, for submit_task, the payload).
+    fn rest_args(&self, call: &mut Call) {
+        let [priority, cost, max_attempts, timeout_ms, delay_ms, not_before_ms] = self.numbers;
+        call.arg(priority)
+            .arg(cost)
+            .arg(self.tags.join(","))
+            .arg(max_attempts)
+            .arg(timeout_ms)
+            .arg(delay_ms)
+            .arg(not_before_ms);
+    }
 }
 
-fn shape_rest(call: &mut Call, spec: &TaskSpec, checked: &Checked) {
-    call.arg(spec.priority)
-        .arg(spec.cost)
-        .arg(checked.tags.join(","))
-        .arg(spec.max_attempts)
-        .arg(spec.timeout_ms)
-        .arg(spec.delay_ms)
-        .arg(spec.not_before_ms);
-}
-
-/// What two tasks of one shape share: everything but id and payload.
-type Shape<'a> = (&'a str, [i64; 6], &'a [String]);
-
-fn shape<'a>(spec: &'a TaskSpec, checked: &'a Checked) -> Shape<'a> {
-    let numbers = [
-        spec.priority,
-        spec.cost,
-        spec.max_attempts,
-        spec.timeout_ms,
-        spec.delay_ms,
-        spec.not_before_ms,
-    ];
-    (&spec.kind, numbers, &checked.tags)
-}
-
-/// `BLPOP` for up to `timeout`. A blocking connection has no reply timeout of its own, so a
+/// `BLPOP` for up to `timeout`; a timeout under a millisecond (which Redis would read as
+/// "forever") returns at once. A blocking connection has no reply timeout of its own, so a
 /// connection that died without closing (a half-open TCP link) would wait forever: past the
 /// timeout and a margin, the wait fails like a dropped connection, and the caller reconnects.
 async fn blpop(
@@ -298,6 +301,9 @@ async fn blpop(
     key: String,
     timeout: Duration,
 ) -> Result<Option<(String, String)>> {
+    if timeout < Duration::from_millis(1) {
+        return Ok(None);
+    }
     let margin = timeout + Duration::from_secs(5);
     match tokio::time::timeout(margin, conn.blpop(key, timeout.as_secs_f64())).await {
         Ok(got) => Ok(got?),
@@ -477,7 +483,8 @@ impl Store {
         let p = prefix(&spec.queue);
         let mut call = SUBMIT_TASK.key(format!("{p}task:{}", spec.id));
         call.arg(&p).arg(&spec.id);
-        task_args(&mut call, spec, checked);
+        call.arg(&spec.kind).arg(&checked.payload);
+        Shape::of(spec, checked).rest_args(&mut call);
         let reply: Vec<String> = call.invoke_async(&mut conn).await?;
         placement(&reply)
     }
@@ -499,20 +506,21 @@ impl Store {
             let p = prefix(queue);
             for chunk in run.chunks(1000) {
                 // Each distinct shape (everything but id and payload) is sent once.
-                let mut shapes: Vec<(&TaskSpec, &Checked)> = Vec::new();
+                let mut shapes: Vec<Shape> = Vec::new();
                 let mut numbers = HashMap::new();
                 let mut shape_of = Vec::with_capacity(chunk.len());
                 for &(spec, checked) in chunk {
-                    let n = *numbers.entry(shape(spec, checked)).or_insert_with(|| {
-                        shapes.push((spec, checked));
+                    let n = *numbers.entry(Shape::of(spec, checked)).or_insert_with(|| {
+                        shapes.push(Shape::of(spec, checked));
                         shapes.len()
                     });
                     shape_of.push(n);
                 }
                 let mut call = SUBMIT_TASKS.key(format!("{p}pending"));
                 call.arg(&p).arg(shapes.len());
-                for (spec, checked) in &shapes {
-                    shape_args(&mut call, spec, checked);
+                for shape in &shapes {
+                    call.arg(shape.kind);
+                    shape.rest_args(&mut call);
                 }
                 for ((spec, checked), shape) in chunk.iter().zip(shape_of) {
                     call.arg(&spec.id).arg(&checked.payload).arg(shape);
@@ -528,18 +536,11 @@ impl Store {
 
     /// Adds a queue to the directory of queues the first time this handle submits to it.
     async fn remember_queue(&self, queue: &str, conn: &mut ConnectionManager) -> Result<()> {
-        let known = self
-            .known_queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(queue);
-        if !known {
-            conn.sadd::<_, _, ()>(QUEUES_KEY, queue).await?;
-            self.known_queues
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(queue.to_string());
+        if crate::lock(&self.known_queues).contains(queue) {
+            return Ok(());
         }
+        conn.sadd::<_, _, ()>(QUEUES_KEY, queue).await?;
+        crate::lock(&self.known_queues).insert(queue.to_string());
         Ok(())
     }
 
@@ -809,9 +810,6 @@ impl Store {
         queue: &str,
         timeout: Duration,
     ) -> Result<bool> {
-        if timeout < Duration::from_millis(1) {
-            return Ok(false);
-        }
         let key = format!("{}wake", prefix(queue));
         Ok(blpop(conn, key, timeout).await?.is_some())
     }

@@ -24,13 +24,10 @@ local claim_max, delay = tonumber(ARGV[7]), ARGV[8] or '0'
 
 local now = now_ms()
 local b = new_batch()
-local freed = finish_one(w, id, lease, outcome, body, delay, now, b)
-if not freed then return { 'stale', {} } end
-finish_done(w, b, freed, now)
+if not finish_one(w, id, lease, outcome, body, delay, now, b) then return { 'stale', {} } end
+local active = finish_done(w, b, now) == 'active'
 place(now)
 
 local claimed = {}
-if claim_max > 0 and redis.call('HGET', worker_key(w), 'state') == 'active' then
-  claimed = claim(w, {}, claim_max, now)
-end
+if claim_max > 0 and active then claimed = claim(w, {}, claim_max, now) end
 return { 'ok', claimed }

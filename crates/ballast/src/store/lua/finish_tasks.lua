@@ -15,18 +15,17 @@
 
 local w, claim_max = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
-local recorded, b, freed = {}, new_batch(), 0
+local recorded, b = {}, new_batch()
 for i = 4, #ARGV, 5 do
-  local cost = finish_one(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-    ARGV[i + 4], now, b)
-  if cost then freed = freed + cost end
-  recorded[#recorded + 1] = cost and 1 or 0
+  local ok = finish_one(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], now,
+    b)
+  recorded[#recorded + 1] = ok and 1 or 0
 end
-finish_done(w, b, freed, now)
+local state = finish_done(w, b, now)
 -- Tasks placed here start at once; then the inbox tops up the claim (tasks assigned to w
 -- by other calls and not yet taken).
 local me
-if claim_max > 0 and redis.call('HGET', KEYS[1], 'state') == 'active' then
+if claim_max > 0 and state == 'active' then
   me = { w = w, max = claim_max, out = {} }
 end
 place(now, me)

@@ -16,8 +16,8 @@ local wk = KEYS[1]
 local w, epoch = ARGV[2], ARGV[3]
 if redis.call('HGET', wk, 'epoch') ~= epoch then return { '0' } end
 local now = now_ms()
-redis.call('HSET', wk, 'heartbeat_at', now)
-redis.call('ZADD', key('heartbeats'), now, w)
+redis.call('HSET', wk, 'heartbeat_at', ts(now))
+redis.call('ZADD', key('heartbeats'), ts(now), w)
 place(now)
 local out = { '1' }
 local cancels = wk .. ':cancel'

@@ -105,7 +105,7 @@ local BATCH_ARGS = 1000
 
 local function new_batch()
   return { zadd = {}, zrem = {}, sadd = {}, srem = {}, rpush = {}, order = {}, events = {},
-    settled = {}, done = {} }
+    settled = {}, done = {}, freed = 0 }
 end
 
 -- Appends `v` (and `v2`: ZADD takes a score and a member) to the list b[kind][k],
@@ -160,6 +160,7 @@ local function has_tags(w, tags, from)
 end
 
 -- Re-score worker w in the free indexes (or drop it from them when it no longer accepts).
+-- Returns the worker's state, which it has read.
 local function index_worker(w)
   local h = redis.call('HMGET', worker_key(w), 'capacity', 'assigned', 'tick', 'tags', 'state')
   local tags = split_tags(h[4])
@@ -170,12 +171,13 @@ local function index_worker(w)
       redis.call('ZREM', free_key(t), w)
       redis.call('ZREM', cap_key(t), w)
     end
-    return
+    return h[5]
   end
   local free = tonumber(h[1]) - tonumber(h[2])
   local score = fmt(free * SHIFT + (SHIFT - 1 - (tonumber(h[3]) % SHIFT)))
   redis.call('ZADD', free_key(), score, w)
   for _, t in ipairs(tags) do redis.call('ZADD', free_key(t), score, w) end
+  return h[5]
 end
 
 -- The largest free capacity of any accepting worker.
@@ -626,11 +628,18 @@ local function settle(id, state, field, body, now, b, job)
   job_task_settled(id, state, body, now, job)
 end
 
--- Queue task `id` in scheduled, to run at `due` (ms), and wake a promotion loop: they wait
--- on P .. 'wake' (a blocking pop) rather than poll, so a task scheduled while they sleep
--- is not missed. The list holds one element at most.
-local function schedule(id, due)
-  redis.call('ZADD', key('scheduled'), fmt(due), id)
+-- Make task `id` scheduled, to run at `due` (ms; `err`, when given, is the error the retry
+-- follows), and wake a promotion loop: they wait on P .. 'wake' (a blocking pop)
+-- rather than poll, so a task scheduled while they sleep is not missed. The list holds one
+-- element at most.
+local function schedule(id, due, err)
+  local at = fmt(due)
+  if err then
+    redis.call('HSET', task_key(id), 'state', 'scheduled', 'run_at', at, 'error', err)
+  else
+    redis.call('HSET', task_key(id), 'state', 'scheduled', 'run_at', at)
+  end
+  redis.call('ZADD', key('scheduled'), at, id)
   redis.call('LPUSH', key('wake'), '1')
   redis.call('LTRIM', key('wake'), 0, 0)
 end
@@ -656,7 +665,6 @@ local function new_task(id, kind, payload, priority, cost, tags, max_attempts, t
   if tags ~= '' then redis.call('HSET', tk, 'tags', tags) end
   if extra and #extra > 0 then redis.call('HSET', tk, unpack(extra)) end
   if state == 'scheduled' then
-    redis.call('HSET', tk, 'run_at', due)
     schedule(id, due)
   elseif b then
     later(b, 'zadd', key('pending'), order, id)
@@ -698,9 +706,9 @@ local function job_key(jid) return P .. 'job:' .. jid end
 -- are dropped: no reduce will read them any more, and they can be large.
 local function end_job(jid, state, field, body, now)
   local jk = job_key(jid)
-  redis.call('HSET', jk, 'state', state, field, body, 'finished_at', now)
+  redis.call('HSET', jk, 'state', state, field, body, 'finished_at', ts(now))
   redis.call('DEL', jk .. ':results')
-  redis.call('ZADD', key('jobs:done'), now, jid)
+  redis.call('ZADD', key('jobs:done'), ts(now), jid)
   for _, tid in ipairs(redis.call('LRANGE', jk .. ':tasks', 0, -1)) do cancel(tid, now) end
   redis.call('PUBLISH', key('events'), 'job:' .. jid)
 end
@@ -820,10 +828,10 @@ end
 
 -- Record how one attempt of task `id` on worker w ended (see finish_task.lua for the
 -- outcomes; `delay`: the retry delay in ms, as text) and settle or reschedule it; its index
--- changes go to batch b. Returns the cost
--- it frees, or false, writing nothing, when the task is no longer running on w under
--- `lease` (it was taken back). The caller ends with finish_done(), then places and claims,
--- once for however many tasks it finishes.
+-- changes and the cost it frees go to batch b. Returns whether it was recorded: false,
+-- writing nothing, when the task is no longer running on w under `lease` (it was taken
+-- back). The caller ends with finish_done(), then places and claims, once for however many
+-- tasks it finishes.
 local function finish_one(w, id, lease, outcome, body, delay, now, b)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'job', 'chunk')
@@ -831,9 +839,11 @@ local function finish_one(w, id, lease, outcome, body, delay, now, b)
   later(b, 'zrem', key('running'), id)
   later(b, 'srem', held_key(w), id)
   b.done[#b.done + 1] = id
+  b.freed = b.freed + num(h[4])
+  local job = h[5] and { h[5], h[6] } or NO_JOB
   if outcome == 'succeeded' then
-    settle(id, 'succeeded', 'result', body, now, b, h[5] and { h[5], h[6] } or NO_JOB)
-    return num(h[4])
+    settle(id, 'succeeded', 'result', body, now, b, job)
+    return true
   end
   -- The rest is read only for the outcomes that need it.
   local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history')
@@ -842,36 +852,35 @@ local function finish_one(w, id, lease, outcome, body, delay, now, b)
   if outcome == 'retry' and attempts >= max_attempts then outcome = 'failed' end
   append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(r[3]),
     finished_at = now, outcome = outcome, error = body }, r[4])
-  local job = { h[5], h[6] }
   if outcome == 'cancelled' then
     settle(id, 'cancelled', 'error', body, now, b, job)
   elseif outcome == 'retry' then
-    local due = now + num(delay)
-    redis.call('HSET', tk, 'state', 'scheduled', 'error', body, 'run_at', due)
-    schedule(id, due)
+    schedule(id, now + num(delay), body)
   else
     settle(id, 'failed', 'error', body, now, b, job)
   end
-  return num(h[4])
+  return true
 end
 
--- After finish_one() calls for worker w that recorded the tasks in b.done, freeing `freed`
--- units. Writes the worker's load and count and batch b, then trims what they settled.
-local function finish_done(w, b, freed, now)
-  local n = #b.done
+-- After finish_one() calls for worker w that recorded the tasks in b.done and their freed
+-- cost in b.freed. Writes the worker's load and count and batch b, then trims what they
+-- settled. Returns the worker's state.
+local function finish_done(w, b, now)
+  local n, state = #b.done, nil
   if n > 0 then
-    redis.call('HINCRBY', worker_key(w), 'assigned', fmt(-freed))
+    redis.call('HINCRBY', worker_key(w), 'assigned', fmt(-b.freed))
     redis.call('HINCRBY', worker_key(w), 'finished', str(n))
-    index_worker(w)
+    state = index_worker(w)
     -- Cancel requests for tasks that ended anyway are void. There are seldom any: one
     -- look saves passing every finished id to SREM.
     local cancels = worker_key(w) .. ':cancel'
     if redis.call('EXISTS', cancels) == 1 then redis.call('SREM', cancels, unpack(b.done)) end
   end
-  b.done = {}
+  b.done, b.freed = {}, 0
   flush_batch(b)
-  for state, count in pairs(b.settled) do trim_finished(state, now, count) end
+  for settled, count in pairs(b.settled) do trim_finished(settled, now, count) end
   b.settled = {}
+  return state or redis.call('HGET', worker_key(w), 'state')
 end
 
 -- Store one submitted task (ARGV-style strings). Returns "exists" when the id is taken

@@ -69,8 +69,7 @@ for _, id in ipairs(expired) do
     append_history(tk, { attempt = tonumber(h[4]), worker = w, started_at = tonumber(h[6]),
       finished_at = now, outcome = 'retry', error = err })
     if tonumber(h[4]) < tonumber(h[5]) then
-      redis.call('HSET', tk, 'state', 'scheduled', 'error', err, 'run_at', now)
-      schedule(id, now)
+      schedule(id, now, err)
     else
       settle(id, 'failed', 'error', err, now)
     end
