@@ -5,7 +5,7 @@
 # run whatever else the machine does, so it shows a change of a few percent that wall time
 # and even `INFO cpu` hide; it does not count the kernel's socket work.
 #
-# Usage: bench/instructions.sh [N] [C]     (defaults 10000 and 256; about a minute)
+# Usage: bench/instructions.sh [N] [C]     (defaults 10000 and 256; about two minutes)
 # Needs valgrind (apt-get install -y valgrind) and redis-server >= 7, and builds the
 # release binary first.
 set -euo pipefail
@@ -22,13 +22,23 @@ done
 dir=$(mktemp -d)
 server=""
 worker=""
+# Waits up to $2 seconds for process $1 to end; kills it if it has not.
+reap() {
+  for _ in $(seq 1 $(($2 * 5))); do kill -0 "$1" 2>/dev/null || break; sleep 0.2; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 cleanup() {
-  [ -n "$worker" ] && kill "$worker" 2>/dev/null || true
-  [ -n "$server" ] && redis-cli -s "$dir/r.sock" shutdown nosave >/dev/null 2>&1 || true
-  [ -n "$server" ] && wait "$server" 2>/dev/null || true
+  # The worker leaves through Redis, so it goes first.
+  if [ -n "$worker" ]; then kill -INT "$worker" 2>/dev/null || true; reap "$worker" 30; fi
+  if [ -n "$server" ]; then
+    redis-cli -s "$dir/r.sock" shutdown nosave >/dev/null 2>&1 || kill "$server" 2>/dev/null || true
+    reap "$server" 30
+  fi
   rm -rf "$dir"
 }
 trap cleanup EXIT
+fail() { echo "instructions.sh: $*" >&2; exit 1; }
 
 python3 - "$n" >"$dir/tasks.jsonl" <<'EOF'
 import json, sys
@@ -41,7 +51,9 @@ valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
   >"$dir/server.log" 2>&1 &
 server=$!
 cli() { redis-cli -s "$dir/r.sock" "$@"; }
+# Under callgrind the server takes seconds to start.
 for _ in $(seq 1 150); do cli ping >/dev/null 2>&1 && break; sleep 0.2; done
+cli ping >/dev/null 2>&1 || fail "redis-server under valgrind did not start (see $dir/server.log)"
 url="redis+unix://$dir/r.sock"
 
 # Instructions since the last zeroing (callgrind_control dumps a file per request).
@@ -52,6 +64,8 @@ counted() {
 
 # One task first: loads the function library, which is not what is measured.
 "$ballast" submit --redis "$url" --queue ib --kind noop >/dev/null
+# Every finished task is kept, so that the count below reaches n + 1.
+"$ballast" retention --redis "$url" --queue ib --keep $((n + 1)) >/dev/null
 callgrind_control -z "$server" >/dev/null
 "$ballast" submit --redis "$url" --queue ib --file "$dir/tasks.jsonl" >/dev/null
 submit=$(counted)
@@ -59,11 +73,14 @@ submit=$(counted)
 callgrind_control -z "$server" >/dev/null
 "$ballast" worker --redis "$url" --queue ib --capacity "$capacity" --id ib >/dev/null 2>&1 &
 worker=$!
-until [ "$(cli zcard 'ballast:{ib}:succeeded')" -ge $((n + 1)) ]; do sleep 0.2; done
+# The drain runs some 50 times slower than natively: allow a generous hour.
+deadline=$((SECONDS + 3600))
+until [ "$(cli zcard 'ballast:{ib}:succeeded' 2>/dev/null || echo 0)" -ge $((n + 1)) ]; do
+  kill -0 "$worker" 2>/dev/null || fail "the worker exited before the drain ended"
+  [ $SECONDS -lt $deadline ] || fail "the drain did not end within an hour"
+  sleep 0.2
+done
 drain=$(counted)
-kill -INT "$worker"
-wait "$worker" || true
-worker=""
 
 echo "tasks: $n, worker capacity: $capacity"
 echo "submit: $((submit / n)) Redis instructions per task"

@@ -16,6 +16,13 @@ use tokio::io::AsyncReadExt;
 
 use crate::CliError;
 
+/// Microseconds since the epoch, on this machine's clock.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(0))
+}
+
 /// Most bytes of a program's stdout (and of its stderr) kept in the result.
 const OUTPUT_CAP: usize = 64 << 10;
 
@@ -139,12 +146,8 @@ pub fn install(worker: Worker, allow: ExecAllow) -> Worker {
             Ok::<_, TaskError>(p)
         })
         .handle("stamp", |_: TaskContext, _: Value| async {
-            // When the handler started, in microseconds since the epoch: `ballast bench`
-            // measures pickup latency with it.
-            let us = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0));
-            Ok::<_, TaskError>(json!({ "started_us": us }))
+            // When the handler started: `ballast bench` measures pickup latency with it.
+            Ok::<_, TaskError>(json!({ "started_us": now_us() }))
         })
         .handle("fail", |_: TaskContext, p: Fail| async move {
             Err::<Value, _>(TaskError::retry(p.message))

@@ -65,7 +65,7 @@ async fn run_policy(
     unit: f64,
 ) -> Result<Value, CliError> {
     let queue = &b.queue(&format!("balance-{}", policy.unwrap_or("ballast")));
-    let store = b.store.clone();
+    let store = &b.store;
     store
         .set_bench_policy(queue, policy, *COSTS.iter().max().unwrap_or(&1))
         .await?;
@@ -104,7 +104,7 @@ async fn run_policy(
         let dt = (now - last).as_secs_f64();
         last = now;
         for s in &mut sims {
-            done += step(&store, queue, s, dt, unit).await?;
+            done += step(store, queue, s, dt, unit).await?;
         }
     }
     let makespan = start.elapsed().as_secs_f64();

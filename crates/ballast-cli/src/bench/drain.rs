@@ -13,6 +13,10 @@ use super::{
 };
 use crate::CliError;
 
+/// The retention a drain queue gets: at least the default count, for the default week.
+const RETAIN_AT_LEAST: u64 = 100_000;
+const RETAIN_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
 pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     let sweep: Vec<usize> = if !a.capacities.is_empty() {
         a.capacities.iter().map(|&c| c as usize).collect()
@@ -25,8 +29,12 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     let (mut best, mut pending_bytes, mut finished_bytes) = (0.0f64, 0.0, 0.0);
     let (mut pending_record, mut finished_record) = (0.0, 0.0);
     for &capacity in &sweep {
-        let mut b = Bench::new(url).await?;
+        let b = Bench::new(url).await?;
         let queue = b.queue(&format!("drain-{capacity}"));
+        // Every task is kept until counted, however many there are (retention would drop
+        // the oldest past its count).
+        let keep = u64::try_from(a.n).unwrap_or(u64::MAX).max(RETAIN_AT_LEAST);
+        b.store.set_retention(&queue, keep, RETAIN_FOR).await?;
         let client = Client::new(b.store.clone());
         let specs: Vec<TaskSpec> = (0..a.n)
             .map(|i| TaskSpec::new(&queue, "noop").payload(payload(i)))
@@ -38,12 +46,11 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
         pending_bytes = (b.used_memory().await? - empty) / a.n as f64;
         let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
         pending_record = sampled_record_bytes(&b.store, &queue, &ids).await?;
-        let (store, url) = (b.store.clone(), b.url.clone());
         let (_worker, took, cost) = b
             .measure(a.n, async {
-                let w = spawn_worker(&url, &queue, "drain", capacity)?;
-                registered(&store, &queue, "drain").await?;
-                finished(&store, &queue, a.n, Duration::from_secs(600)).await?;
+                let w = spawn_worker(&b.url, &queue, "drain", capacity)?;
+                registered(&b.store, &queue, "drain").await?;
+                finished(&b.store, &queue, a.n, Duration::from_secs(600)).await?;
                 Ok(w)
             })
             .await?;

@@ -2,7 +2,7 @@
 //! submit-to-start latency is the handler's start time minus the producer's send time (one
 //! machine, one clock, microseconds).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ballast::{Client, TaskSpec};
 use serde_json::{json, Value};
@@ -11,16 +11,11 @@ use super::{
     finished, percentile, registered, spawn_worker, table, with_cost, Bench, BenchArgs,
     COST_COLUMNS,
 };
+use crate::builtin::now_us;
 use crate::CliError;
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(0))
-}
-
 pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
-    let mut b = Bench::new(url).await?;
+    let b = Bench::new(url).await?;
     let queue = &b.queue("latency");
     let _worker = spawn_worker(&b.url, queue, "latency", 16)?;
     registered(&b.store, queue, "latency").await?;
@@ -38,7 +33,7 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
                 client.submit(&spec).await?;
                 ids.push(spec.id);
             }
-            finished(&client.store().clone(), queue, n, Duration::from_secs(120)).await?;
+            finished(client.store(), queue, n, Duration::from_secs(120)).await?;
             Ok(ids)
         })
         .await?;

@@ -79,15 +79,18 @@ struct Counters {
     commands: f64,
 }
 
+/// The number of field `name` of an `INFO` reply (0 when missing).
+fn info_field(info: &str, name: &str) -> f64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 impl Counters {
     async fn read(store: &Store) -> Result<Counters, CliError> {
         let info = store.info("everything").await?;
-        let field = |name: &str| -> f64 {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0.0)
-        };
+        let field = |name: &str| info_field(&info, name);
         // cmdstat_<name>:calls=N,usec=...; INFO itself is left out.
         let calls =
             |l: &str| -> Option<f64> { l.split("calls=").nth(1)?.split(',').next()?.parse().ok() };
@@ -157,7 +160,7 @@ impl Bench {
     /// Runs `work` between two reads of the Redis counters; returns its result, its wall
     /// time and what it cost Redis per task.
     pub async fn measure<T, F>(
-        &mut self,
+        &self,
         tasks: usize,
         work: F,
     ) -> Result<(T, Duration, RedisCost), CliError>
@@ -173,13 +176,8 @@ impl Bench {
     }
 
     /// Redis `used_memory` in bytes.
-    pub async fn used_memory(&mut self) -> Result<f64, CliError> {
-        let info = self.store.info("memory").await?;
-        Ok(info
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0))
+    pub async fn used_memory(&self) -> Result<f64, CliError> {
+        Ok(info_field(&self.store.info("memory").await?, "used_memory"))
     }
 }
 

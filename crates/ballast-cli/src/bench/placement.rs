@@ -20,7 +20,7 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     let mut rows = Vec::new();
     let mut at: Vec<f64> = Vec::new();
     for &workers in sizes {
-        let mut b = Bench::new(url).await?;
+        let b = Bench::new(url).await?;
         let queue = b.queue(&format!("placement-{workers}"));
         for i in 0..workers {
             b.store

@@ -14,13 +14,37 @@ use crate::CliError;
 /// Concurrent producers in the "in flight" mode.
 const IN_FLIGHT: usize = 64;
 
+/// How the producer submits.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// One task a call, each call awaited before the next.
+    OneByOne,
+    /// One task a call, this many calls in flight on the one connection.
+    InFlight(usize),
+    /// This many tasks a call (`submit_many`).
+    Batches(usize),
+}
+
+impl Mode {
+    fn name(self) -> String {
+        match self {
+            Mode::OneByOne => "one by one".to_string(),
+            Mode::InFlight(n) => format!("one by one, {n} in flight"),
+            Mode::Batches(n) => format!("batches of {n}"),
+        }
+    }
+}
+
 pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     let mut rows = Vec::new();
     let mut memory = 0.0;
-    // (tasks per call, calls in flight)
-    for (batch, in_flight) in [(1, 1), (1, IN_FLIGHT), (a.batch, 1)] {
-        let mut b = Bench::new(url).await?;
-        let queue = b.queue(&format!("submit-{batch}-{in_flight}"));
+    for mode in [
+        Mode::OneByOne,
+        Mode::InFlight(IN_FLIGHT),
+        Mode::Batches(a.batch),
+    ] {
+        let b = Bench::new(url).await?;
+        let queue = b.queue(&format!("submit-{}", mode.name().replace([' ', ','], "")));
         let client = Client::new(b.store.clone());
         let specs: Arc<Vec<TaskSpec>> = Arc::new(
             (0..a.n)
@@ -30,27 +54,31 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
         let before = b.used_memory().await?;
         let ((), took, cost) = b
             .measure(a.n, async {
-                if batch == 1 && in_flight == 1 {
-                    for s in specs.iter() {
-                        client.submit(s).await?;
+                match mode {
+                    Mode::OneByOne => {
+                        for s in specs.iter() {
+                            client.submit(s).await?;
+                        }
                     }
-                } else if batch == 1 {
-                    let mut producers = tokio::task::JoinSet::new();
-                    for p in 0..in_flight {
-                        let (client, mine) = (client.clone(), Arc::clone(&specs));
-                        producers.spawn(async move {
-                            for s in mine.iter().skip(p).step_by(in_flight) {
-                                client.submit(s).await?;
-                            }
-                            Ok::<_, ballast::Error>(())
-                        });
+                    Mode::InFlight(in_flight) => {
+                        let mut producers = tokio::task::JoinSet::new();
+                        for p in 0..in_flight {
+                            let (client, mine) = (client.clone(), Arc::clone(&specs));
+                            producers.spawn(async move {
+                                for s in mine.iter().skip(p).step_by(in_flight) {
+                                    client.submit(s).await?;
+                                }
+                                Ok::<_, ballast::Error>(())
+                            });
+                        }
+                        while let Some(done) = producers.join_next().await {
+                            done.map_err(|e| CliError::Io(e.to_string()))??;
+                        }
                     }
-                    while let Some(done) = producers.join_next().await {
-                        done.map_err(|e| CliError::Io(e.to_string()))??;
-                    }
-                } else {
-                    for chunk in specs.chunks(batch) {
-                        client.submit_many(chunk).await?;
+                    Mode::Batches(batch) => {
+                        for chunk in specs.chunks(batch) {
+                            client.submit_many(chunk).await?;
+                        }
                     }
                 }
                 Ok(())
@@ -64,15 +92,8 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
             )));
         }
         memory = (b.used_memory().await? - before) / a.n as f64;
-        let mode = if batch == 1 && in_flight == 1 {
-            "one by one".to_string()
-        } else if batch == 1 {
-            format!("one by one, {in_flight} in flight")
-        } else {
-            format!("batches of {batch}")
-        };
         rows.push(with_cost(
-            json!({ "mode": mode, "tasks": a.n, "seconds": took.as_secs_f64(), "tasks_per_s": a.n as f64 / took.as_secs_f64() }),
+            json!({ "mode": mode.name(), "tasks": a.n, "seconds": took.as_secs_f64(), "tasks_per_s": a.n as f64 / took.as_secs_f64() }),
             cost,
         ));
     }
