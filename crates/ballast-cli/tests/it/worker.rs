@@ -536,13 +536,22 @@ async fn scheduling_a_task_wakes_an_idle_promotion_loop() {
     };
     let (stop, run) = spawn(worker(&env.store, "w", 1).config(config));
     wait_registered(&env, "w").await;
-    let spec = TaskSpec::new("q", "add")
-        .payload(json!({"a": 2, "b": 3}))
-        .delay(Duration::from_millis(200));
+    let delayed = |a: i64| {
+        TaskSpec::new("q", "add")
+            .payload(json!({"a": a, "b": 3}))
+            .delay(Duration::from_millis(200))
+    };
+    // Once a first delayed task has run, the step that promoted it found nothing more
+    // scheduled: the loop is now in its hour-long idle wait, whenever it started.
+    let first = delayed(1);
+    env.client.submit(&first).await.expect("submit");
+    let t = env.client.wait("q", &first.id, WAIT).await.expect("first");
+    assert_eq!(t.state, TaskState::Succeeded);
+    let spec = delayed(2);
     env.client.submit(&spec).await.expect("submit");
     let t = env
         .client
-        .wait("q", &spec.id, Duration::from_secs(20))
+        .wait("q", &spec.id, WAIT)
         .await
         .expect("promoted long before the idle wait ends");
     assert_eq!((t.state, t.result), (TaskState::Succeeded, Some(json!(5))));
