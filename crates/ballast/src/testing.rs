@@ -55,6 +55,14 @@ impl RedisServer {
     /// Stops the server the way an operator would (`SHUTDOWN`, which writes the AOF when it
     /// is on) and starts it again on the same socket and folder.
     pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.child = spawn(self.dir.path(), &self.socket, &self.extra)?;
+        self.wait_ready()
+    }
+
+    /// Stops the server with `SHUTDOWN` and waits until it has exited; it stays down (until
+    /// [`RedisServer::restart`]).
+    pub fn stop(&mut self) -> Result<()> {
         if let Ok(mut s) = UnixStream::connect(&self.socket) {
             let _ = s.write_all(b"SHUTDOWN\r\n");
         }
@@ -62,8 +70,7 @@ impl RedisServer {
             .wait()
             .map_err(|e| Error::Process(format!("redis-server did not stop: {e}")))?;
         let _ = std::fs::remove_file(&self.socket);
-        self.child = spawn(self.dir.path(), &self.socket, &self.extra)?;
-        self.wait_ready()
+        Ok(())
     }
 
     /// The URL clients connect with.

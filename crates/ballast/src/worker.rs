@@ -246,6 +246,10 @@ impl Worker {
         // The reporter outlives the other loops: it must tell the outcomes of the tasks
         // that finish during the shutdown, so it has a stop signal of its own.
         let (report_stop_tx, report_stop_rx) = watch::channel(false);
+        // Set when the grace period is over: calls that would otherwise retry until Redis
+        // answers (reports, leaving) give up then, so a shutdown ends without Redis. What
+        // they could not tell goes back to other workers when this one is declared dead.
+        let (give_up_tx, give_up_rx) = watch::channel(false);
         let runner = Arc::new(Runner {
             slots: Arc::new(Semaphore::new(usize::try_from(self.capacity).unwrap_or(1))),
             store: self.store,
@@ -258,11 +262,12 @@ impl Worker {
             handlers: self.handlers,
             in_flight,
             running: Mutex::new(HashMap::new()),
-            known: Mutex::new(HashSet::new()),
+            known: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
             resync: AtomicBool::new(false),
             cancelled: Mutex::new(HashSet::new()),
             abandon: AtomicBool::new(false),
+            give_up: give_up_rx,
             reports: report_tx,
         });
         let heartbeat = tokio::spawn(
@@ -305,25 +310,29 @@ impl Worker {
             _ = shutdown => None,
             r = &mut rejoin => r.ok().and_then(|r| r.err()),
         };
-        tracing::info!(worker = %runner.worker, "shutting down: finishing what it holds");
-        // Order matters: stop the inbox wait first, then leave the index (so nothing new is
-        // placed here and unstarted tasks go to others), then wait for running tasks, and
-        // only then remove the worker, which would otherwise hand back running tasks.
-        stop_tx.send_replace(true);
-        let _ = fetch.await;
-        // Another live process holds the id now: the records are its own, so this one only
-        // stops what it runs (nothing it would report could be recorded) and leaves nothing.
-        let taken = matches!(fatal, Some(Error::WorkerIdTaken(_)));
-        if !taken {
-            runner.leave(Leave::Drain).await;
-        }
-        let mut idle = runner.in_flight.subscribe();
-        let grace = if taken {
+        // Another live process holds the id now: its tasks are its own, and nothing this one
+        // would report can be recorded, so there is nothing to wait for.
+        let grace = if matches!(fatal, Some(Error::WorkerIdTaken(_))) {
             Duration::ZERO
         } else {
             self.config.grace_period
         };
-        if tokio::time::timeout(grace, idle.wait_for(|n| *n == 0))
+        tracing::info!(worker = %runner.worker, ?grace, "shutting down: finishing what it holds");
+        let deadline = tokio::time::Instant::now() + grace;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            give_up_tx.send_replace(true);
+        });
+        // Order matters: stop the inbox wait first, then leave the index (so nothing new is
+        // placed here and unstarted tasks go to others), then wait for running tasks, and
+        // only then remove the worker, which would otherwise hand back running tasks.
+        // Leaving presents the epoch: a process declared dead (and perhaps replaced) changes
+        // nothing.
+        stop_tx.send_replace(true);
+        let _ = fetch.await;
+        runner.leave(Leave::Drain).await;
+        let mut idle = runner.in_flight.subscribe();
+        if tokio::time::timeout_at(deadline, idle.wait_for(|n| *n == 0))
             .await
             .is_err()
         {
@@ -331,14 +340,12 @@ impl Worker {
             // below hands those tasks back without using their attempts.
             tracing::warn!(worker = %runner.worker, ?grace, "grace period over: handing back unfinished tasks");
             runner.abandon.store(true, Ordering::SeqCst);
-            for (_, handle) in runner.lock_running().drain() {
+            for (_, (_, handle)) in runner.lock_running().drain() {
                 handle.abort();
             }
             let _ = idle.wait_for(|n| *n == 0).await;
         }
-        if !taken {
-            runner.leave(Leave::Remove).await;
-        }
+        runner.leave(Leave::Remove).await;
         report_stop_tx.send_replace(true);
         if !rejoin.is_finished() {
             let _ = rejoin.await;
@@ -400,20 +407,27 @@ struct Runner {
     slots: Arc<Semaphore>,
     /// Tasks claimed and not yet reported.
     in_flight: watch::Sender<usize>,
-    /// Handlers running now, by task id, so they can be stopped when the tasks are lost.
-    running: Mutex<HashMap<String, AbortHandle>>,
-    /// Tasks started here and not yet reported.
-    known: Mutex<HashSet<String>>,
+    /// Handlers running now, by task id, with their leases, so they can be stopped when the
+    /// tasks are lost or cancelled.
+    running: Mutex<HashMap<String, (i64, AbortHandle)>>,
+    /// Tasks started here and not yet reported: id and lease. A task can be here twice
+    /// over, an aborted old run not yet reported and a new run of it (a worker declared
+    /// dead that joins again may get its task back): the lease tells the runs apart, so the
+    /// old run's report does not make the new one look unknown (and started again).
+    known: Mutex<HashMap<String, i64>>,
     /// Held while a call that starts tasks runs and while its tasks are started, so that a
     /// resync sees every started task in `known`.
     starting: tokio::sync::Mutex<()>,
     /// Set when a call that may have started tasks failed: its reply, and the tasks it
     /// started, may be lost; the next call that starts tasks reads what runs here.
     resync: AtomicBool,
-    /// Tasks stopped on a cancel request, reported as cancelled rather than failed.
-    cancelled: Mutex<HashSet<String>>,
+    /// Runs (id, lease) stopped on a cancel request, reported as cancelled rather than
+    /// failed.
+    cancelled: Mutex<HashSet<(String, i64)>>,
     /// Set when the grace period ran out: outcomes are no longer reported.
     abandon: AtomicBool,
+    /// Turns true when the grace period is over: see [`Runner::retry`].
+    give_up: watch::Receiver<bool>,
     /// Ended tasks, for the reporter.
     reports: mpsc::UnboundedSender<Report>,
 }
@@ -455,8 +469,10 @@ impl Runner {
                 Ok(Some(id)) => {
                     let given = [id];
                     let _starting = self.starting.lock().await;
+                    // Given up only on shutdown: the popped id stays in the worker's held
+                    // set, and leaving hands it back.
                     let tasks = self
-                        .retry("claim", || {
+                        .retry("claim", &stop, || {
                             self.store.claim_tasks(
                                 &self.queue,
                                 &self.worker,
@@ -465,7 +481,8 @@ impl Runner {
                                 self.claim_max(),
                             )
                         })
-                        .await;
+                        .await
+                        .unwrap_or_default();
                     self.start_all(tasks).await;
                     backoff = Duration::from_millis(50);
                 }
@@ -510,7 +527,7 @@ impl Runner {
                     let known = self.lock_known();
                     running
                         .into_iter()
-                        .filter(|t| !known.contains(&t.id))
+                        .filter(|t| known.get(&t.id) != Some(&t.lease))
                         .collect()
                 };
                 for t in unknown {
@@ -525,33 +542,53 @@ impl Runner {
         }
     }
 
-    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
         crate::lock(&self.known)
     }
 
-    /// Retries a Redis call with backoff until it succeeds: used where giving up would
-    /// lose an outcome or leave a task stranded. A failed call may still have run (the
-    /// connection dropped after Redis ran it), so a resync follows.
-    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> T
+    /// Forgets a run of a task once it is reported (or never will be): only that run, if a
+    /// newer run of the task has started meanwhile.
+    fn forget(known: &mut HashMap<String, i64>, task: &ClaimedTask) {
+        if known.get(&task.id) == Some(&task.lease) {
+            known.remove(&task.id);
+        }
+    }
+
+    /// Retries a Redis call with backoff until it succeeds, or until `stop` turns true:
+    /// used where giving up would lose an outcome or leave a task stranded while the
+    /// worker runs. Once `stop` is true a failed call gives up (`None`) instead of waiting
+    /// for Redis: what it could not tell goes to other workers when this one is declared
+    /// dead. A failed call may still have run (the connection dropped after Redis ran it),
+    /// so a resync follows.
+    async fn retry<T, F, Fut>(
+        &self,
+        what: &str,
+        stop: &watch::Receiver<bool>,
+        mut call: F,
+    ) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        let mut stop = stop.clone();
         let mut backoff = Duration::from_millis(50);
         loop {
             match call().await {
-                Ok(v) => return v,
+                Ok(v) => return Some(v),
                 Err(e) => {
                     self.resync.store(true, Ordering::SeqCst);
+                    if *stop.borrow() {
+                        tracing::warn!(worker = %self.worker, error = %e, "{what} failed; giving up on shutdown");
+                        return None;
+                    }
                     tracing::warn!(worker = %self.worker, error = %e, "{what} failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = self.pause(backoff, &mut stop).await;
                 }
             }
         }
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, AbortHandle)>> {
         crate::lock(&self.running)
     }
 
@@ -572,14 +609,19 @@ impl Runner {
             tokio::select! {
                 Some(epoch) = lost.recv() => {
                     if epoch == self.epoch.load(Ordering::SeqCst) && !*shutdown.borrow() {
-                        self.rejoin().await?;
+                        self.rejoin(&shutdown).await?;
                     }
                 }
+                // A request comes with every beat until its task ends: one for a task not
+                // started yet is acted on at a later beat, and one already acted on finds
+                // nothing running (or the same stopped handler) and does nothing new.
                 Some(id) = cancels.recv() => {
-                    if let Some(handle) = self.lock_running().get(&id) {
-                        crate::lock(&self.cancelled).insert(id.clone());
+                    let running = self.lock_running();
+                    if let Some((lease, handle)) = running.get(&id) {
+                        if crate::lock(&self.cancelled).insert((id.clone(), *lease)) {
+                            tracing::info!(task = %id, "cancelled on request");
+                        }
                         handle.abort();
-                        tracing::info!(task = %id, "cancelled on request");
                     }
                 }
                 _ = stopped(&mut end) => return Ok(()),
@@ -587,18 +629,32 @@ impl Runner {
         }
     }
 
-    /// Leaves the queue (drain or remove), retrying while Redis is away.
+    /// Leaves the queue (drain or remove), retrying while Redis is away until the grace
+    /// period is over.
     async fn leave(&self, how: Leave) {
-        self.retry("leave", || {
-            self.store.leave_worker(&self.queue, &self.worker, how)
-        })
-        .await;
+        let left = self
+            .retry("leave", &self.give_up, || {
+                self.store.leave_worker(
+                    &self.queue,
+                    &self.worker,
+                    self.epoch.load(Ordering::SeqCst),
+                    how,
+                )
+            })
+            .await;
+        if let Some(None) = left {
+            tracing::warn!(worker = %self.worker, "left nothing: this process was declared dead, and what it held went to others");
+        }
     }
 
-    async fn rejoin(&self) -> Result<()> {
-        for (_, handle) in self.lock_running().drain() {
+    /// Registers again after being declared dead, retrying while Redis is away, unless
+    /// `shutdown` comes first.
+    async fn rejoin(&self, shutdown: &watch::Receiver<bool>) -> Result<()> {
+        for (_, (_, handle)) in self.lock_running().drain() {
             handle.abort();
         }
+        let mut shutdown = shutdown.clone();
+        let mut backoff = Duration::from_millis(200);
         let epoch = loop {
             match self
                 .store
@@ -615,7 +671,10 @@ impl Runner {
                 Err(e @ Error::WorkerIdTaken(_)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(worker = %self.worker, error = %e, "register again failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    backoff = self.pause(backoff, &mut shutdown).await;
+                    if *shutdown.borrow() {
+                        return Ok(());
+                    }
                 }
             }
         };
@@ -627,7 +686,7 @@ impl Runner {
     /// Runs a claimed task in its own tokio task and reports it.
     fn start(self: Arc<Self>, task: ClaimedTask) {
         self.in_flight.send_modify(|n| *n += 1);
-        self.lock_known().insert(task.id.clone());
+        self.lock_known().insert(task.id.clone(), task.lease);
         tokio::spawn(async move {
             let units = u32::try_from(task.cost).unwrap_or(u32::MAX);
             // Redis never assigns beyond capacity; a wait here only bridges the moment
@@ -636,7 +695,7 @@ impl Runner {
             let outcome = self.execute(&task).await;
             if self.abandon.load(Ordering::SeqCst) {
                 drop(permit);
-                self.lock_known().remove(&task.id);
+                Runner::forget(&mut self.lock_known(), &task);
                 self.in_flight.send_modify(|n| *n -= 1);
                 return;
             }
@@ -648,7 +707,7 @@ impl Runner {
                 _permit: permit.ok(),
             }) {
                 // Only when the reporter is gone, after shutdown: nothing left to tell.
-                self.lock_known().remove(&unsent.0.task.id);
+                Runner::forget(&mut self.lock_known(), &unsent.0.task);
                 drop(unsent);
                 self.in_flight.send_modify(|n| *n -= 1);
             }
@@ -677,33 +736,48 @@ impl Runner {
                 }
             }
             let n = batch.len();
+            let mut next = Vec::new();
+            // Held from the call until what it started is started here (see `starting`).
+            let mut starting = None;
             if !self.abandon.load(Ordering::SeqCst) {
                 let pairs: Vec<(&ClaimedTask, &Outcome)> =
                     batch.iter().map(|r| (&r.task, &r.outcome)).collect();
-                let _starting = self.starting.lock().await;
-                let (recorded, next) = self
-                    .retry("finish", || {
-                        self.store
-                            .finish_tasks(&self.queue, &self.worker, &pairs, self.claim_max())
+                starting = Some(self.starting.lock().await);
+                let finished = self
+                    .retry("finish", &self.give_up, || {
+                        self.store.finish_tasks(
+                            &self.queue,
+                            &self.worker,
+                            self.epoch.load(Ordering::SeqCst),
+                            &pairs,
+                            self.claim_max(),
+                        )
                     })
                     .await;
-                {
-                    let mut known = self.lock_known();
-                    for (r, ok) in batch.iter().zip(recorded) {
-                        known.remove(&r.task.id);
-                        if !ok {
-                            tracing::debug!(task = %r.task.id, "outcome not recorded: already recorded, or the task was taken back");
+                match finished {
+                    Some((recorded, claimed)) => {
+                        for (r, ok) in batch.iter().zip(recorded) {
+                            if !ok {
+                                tracing::debug!(task = %r.task.id, "outcome not recorded: already recorded, or the task was taken back");
+                            }
                         }
+                        next = claimed;
                     }
-                }
-                drop(batch);
-                self.start_all(next).await;
-            } else {
-                let mut known = self.lock_known();
-                for r in &batch {
-                    known.remove(&r.task.id);
+                    // Given up at the end of the grace period: nothing more is started.
+                    None => starting = None,
                 }
             }
+            {
+                let mut known = self.lock_known();
+                for r in &batch {
+                    Runner::forget(&mut known, &r.task);
+                }
+            }
+            drop(batch);
+            if starting.is_some() {
+                self.start_all(next).await;
+            }
+            drop(starting);
             self.in_flight.send_modify(|v| *v -= n);
         }
     }
@@ -726,13 +800,21 @@ impl Runner {
         };
         let mut join = tokio::spawn(handler(ctx, &task.payload));
         self.lock_running()
-            .insert(task.id.clone(), join.abort_handle());
+            .insert(task.id.clone(), (task.lease, join.abort_handle()));
         let limit = Duration::from_millis(u64::try_from(task.timeout_ms).unwrap_or(1));
         let ended = tokio::time::timeout(limit, &mut join).await;
-        self.lock_running().remove(&task.id);
+        {
+            let mut running = self.lock_running();
+            if running
+                .get(&task.id)
+                .is_some_and(|(lease, _)| *lease == task.lease)
+            {
+                running.remove(&task.id);
+            }
+        }
         // Taken on every path, so that a request arriving as the handler ends is not left
         // to mark a later run of the same task.
-        let asked = crate::lock(&self.cancelled).remove(&task.id);
+        let asked = crate::lock(&self.cancelled).remove(&(task.id.clone(), task.lease));
         let retry = |error: String| Outcome::Retry {
             error,
             delay: self.config.backoff(task.attempt),

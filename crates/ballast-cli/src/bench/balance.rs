@@ -149,7 +149,14 @@ async fn step(
     s.running = running;
     for (t, _) in &finished {
         store
-            .finish_task(queue, &s.id, t, &Outcome::Succeeded("null".into()), 0)
+            .finish_task(
+                queue,
+                &s.id,
+                s.epoch,
+                t,
+                &Outcome::Succeeded("null".into()),
+                0,
+            )
             .await?;
     }
     Ok(finished.len())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ballast::store::Cancel;
+use ballast::store::{Cancel, Finish, Outcome};
 use ballast::TaskState;
 
 use crate::harness::{task, Env};
@@ -72,15 +72,19 @@ async fn a_running_task_is_flagged_for_its_worker_and_a_final_one_is_left_alone(
         Cancel::Requested("w".into())
     );
     assert_eq!(env.task_hash(Q, &id).await["state"], "running");
-    // The next heartbeat hands the request to the worker, once.
+    // Every heartbeat hands the request to the worker until the task ends: a lost reply,
+    // or a worker that has not started the task yet, does not lose it.
     let epoch = env.epoch(Q, "w").await;
-    assert_eq!(
-        env.store
-            .heartbeat_worker(Q, "w", epoch)
-            .await
-            .expect("beat"),
-        Some(vec![id.clone()])
-    );
+    for _ in 0..2 {
+        assert_eq!(
+            env.store
+                .heartbeat_worker(Q, "w", epoch)
+                .await
+                .expect("beat"),
+            Some(vec![id.clone()])
+        );
+    }
+    env.finish(Q, "w", &t, 0).await;
     assert_eq!(
         env.store
             .heartbeat_worker(Q, "w", epoch)
@@ -88,11 +92,67 @@ async fn a_running_task_is_flagged_for_its_worker_and_a_final_one_is_left_alone(
             .expect("beat"),
         Some(vec![])
     );
-    env.finish(Q, "w", &t, 0).await;
     assert_eq!(
         env.store.cancel_task(Q, &id).await.expect("cancel"),
         Cancel::AlreadyFinal(TaskState::Succeeded)
     );
     assert!(env.store.cancel_task(Q, "nope").await.is_err());
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn a_task_asked_to_stop_is_not_retried_and_a_revived_one_forgets_the_request() {
+    let mut env = Env::start().await;
+    env.register(Q, "w", 1, &[]).await;
+    let epoch = env.epoch(Q, "w").await;
+    let id = env.submit(task(Q, 1).max_attempts(5)).await;
+    let t = env.claim(Q, "w", 1).await.remove(0);
+    env.store.cancel_task(Q, &id).await.expect("cancel");
+    // The handler was stopped before the worker heard why: it reports a retry.
+    let retry = Outcome::Retry {
+        error: "handler was stopped".into(),
+        delay: Duration::ZERO,
+    };
+    let got = env
+        .store
+        .finish_task(Q, "w", epoch, &t, &retry, 0)
+        .await
+        .expect("finish");
+    assert_eq!(got, Finish::Recorded(vec![]));
+    let r = env.store.task(Q, &id).await.expect("read").expect("task");
+    assert_eq!(
+        (r.state, r.error.as_deref()),
+        (TaskState::Cancelled, Some("handler was stopped"))
+    );
+    assert!(env.zrange(Q, "scheduled").await.is_empty());
+
+    // A request that came too late (the run failed for good anyway) does not follow the
+    // task out of the dead letters: its next run may retry.
+    let dead = env.submit(task(Q, 1).max_attempts(5)).await;
+    let t = env.claim(Q, "w", 1).await.remove(0);
+    env.store.cancel_task(Q, &dead).await.expect("cancel");
+    let failed = Outcome::Failed("broken".into());
+    env.store
+        .finish_task(Q, "w", epoch, &t, &failed, 0)
+        .await
+        .expect("finish");
+    assert_eq!(env.task_hash(Q, &dead).await["cancel_requested"], "1");
+    assert_eq!(
+        env.store
+            .retry_dead(Q, std::slice::from_ref(&dead))
+            .await
+            .expect("revive"),
+        1
+    );
+    assert!(!env
+        .task_hash(Q, &dead)
+        .await
+        .contains_key("cancel_requested"));
+    let t = env.claim(Q, "w", 1).await.remove(0);
+    env.store
+        .finish_task(Q, "w", epoch, &t, &retry, 0)
+        .await
+        .expect("finish");
+    assert_eq!(env.task_hash(Q, &dead).await["state"], "scheduled");
     env.assert_sound(Q).await;
 }

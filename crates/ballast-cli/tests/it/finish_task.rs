@@ -29,7 +29,14 @@ async fn success_is_recorded_and_the_cost_freed() {
     let lo = env.now_ms().await;
     let got = env
         .store
-        .finish_task(Q, "w", &t, &Outcome::Succeeded(r#"{"ok":true}"#.into()), 0)
+        .finish_task(
+            Q,
+            "w",
+            env.epoch(Q, "w").await,
+            &t,
+            &Outcome::Succeeded(r#"{"ok":true}"#.into()),
+            0,
+        )
         .await
         .expect("finish");
     let hi = env.now_ms().await;
@@ -115,7 +122,14 @@ async fn failure_is_recorded_with_its_error() {
     let lo = env.now_ms().await;
     let got = env
         .store
-        .finish_task(Q, "w", &t, &Outcome::Failed("disk full".into()), 3)
+        .finish_task(
+            Q,
+            "w",
+            env.epoch(Q, "w").await,
+            &t,
+            &Outcome::Failed("disk full".into()),
+            3,
+        )
         .await
         .expect("finish");
     let hi = env.now_ms().await;
@@ -238,10 +252,10 @@ async fn a_stale_lease_or_wrong_worker_is_refused_and_writes_nothing() {
     ] {
         let got = env
             .store
-            .finish_task(Q, who, task, &ok, 5)
+            .finish_task(Q, who, env.epoch(Q, who).await, task, &ok, 0)
             .await
             .expect("finish");
-        assert_eq!(got, Finish::Stale, "{who} lease {}", task.lease);
+        assert_eq!(got, Finish::Stale(vec![]), "{who} lease {}", task.lease);
         assert_eq!(env.snapshot().await, before, "{who} lease {}", task.lease);
     }
     // A task that is assigned but not started cannot be finished either.
@@ -252,10 +266,10 @@ async fn a_stale_lease_or_wrong_worker_is_refused_and_writes_nothing() {
     };
     let got = env
         .store
-        .finish_task(Q, "w2", &on_w2, &ok, 5)
+        .finish_task(Q, "w2", env.epoch(Q, "w2").await, &on_w2, &ok, 0)
         .await
         .expect("finish");
-    assert_eq!(got, Finish::Stale);
+    assert_eq!(got, Finish::Stale(vec![]));
     assert_eq!(env.snapshot().await, before);
     // Nor an unknown task.
     let ghost = ClaimedTask {
@@ -264,10 +278,10 @@ async fn a_stale_lease_or_wrong_worker_is_refused_and_writes_nothing() {
     };
     let got = env
         .store
-        .finish_task(Q, "w", &ghost, &ok, 5)
+        .finish_task(Q, "w", env.epoch(Q, "w").await, &ghost, &ok, 5)
         .await
         .expect("finish");
-    assert_eq!(got, Finish::Stale);
+    assert_eq!(got, Finish::Stale(vec![]));
     assert_eq!(env.snapshot().await, before);
     env.assert_sound(Q).await;
 
@@ -276,10 +290,17 @@ async fn a_stale_lease_or_wrong_worker_is_refused_and_writes_nothing() {
     let after = env.snapshot().await;
     let got = env
         .store
-        .finish_task(Q, "w", &t, &Outcome::Failed("late".into()), 5)
+        .finish_task(
+            Q,
+            "w",
+            env.epoch(Q, "w").await,
+            &t,
+            &Outcome::Failed("late".into()),
+            5,
+        )
         .await
         .expect("finish");
-    assert_eq!(got, Finish::Stale);
+    assert_eq!(got, Finish::Stale(vec![]));
     assert_eq!(env.snapshot().await, after);
     assert_eq!(env.task_hash(Q, &t.id).await["state"], "succeeded");
     env.assert_sound(Q).await;
@@ -293,10 +314,10 @@ async fn a_task_taken_back_cannot_be_finished_under_its_old_lease() {
     // w is removed while running t: t goes back and is placed on w2 under lease 2.
     let back = env
         .store
-        .leave_worker(Q, "w", Leave::Remove)
+        .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Remove)
         .await
         .expect("remove");
-    assert_eq!(back, 1);
+    assert_eq!(back, Some(1));
     let h = env.task_hash(Q, &t.id).await;
     assert_eq!(
         (
@@ -310,10 +331,17 @@ async fn a_task_taken_back_cannot_be_finished_under_its_old_lease() {
     for who in ["w", "w2"] {
         let got = env
             .store
-            .finish_task(Q, who, &t, &Outcome::Succeeded("1".into()), 1)
+            .finish_task(
+                Q,
+                who,
+                env.epoch(Q, who).await,
+                &t,
+                &Outcome::Succeeded("1".into()),
+                0,
+            )
             .await
             .expect("finish");
-        assert_eq!(got, Finish::Stale, "{who}");
+        assert_eq!(got, Finish::Stale(vec![]), "{who}");
         assert_eq!(env.snapshot().await, before);
     }
     env.assert_sound(Q).await;
@@ -325,7 +353,7 @@ async fn a_draining_worker_finishes_but_claims_nothing_more() {
     let t1 = running(&mut env, 2, 2).await;
     let t2 = env.submit(task(Q, 1)).await;
     env.store
-        .leave_worker(Q, "w", Leave::Drain)
+        .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Drain)
         .await
         .expect("drain");
     assert!(env.finish(Q, "w", &t1, 5).await.is_empty());

@@ -31,6 +31,7 @@ async fn outcomes_are_recorded_together_and_a_stale_one_is_skipped() {
         .finish_tasks(
             Q,
             "w",
+            env.epoch(Q, "w").await,
             &[(&running[0], &ok), (&running[1], &fail), (&stale, &ok)],
             3,
         )

@@ -49,6 +49,11 @@ impl Env {
         tokio::task::block_in_place(|| self._server.restart()).expect("restart redis");
     }
 
+    /// Stops Redis with SHUTDOWN; it stays down until `restart_redis`.
+    pub fn stop_redis(&mut self) {
+        tokio::task::block_in_place(|| self._server.stop()).expect("stop redis");
+    }
+
     /// The name of every key in this Redis, sorted: the whole key list, for exact asserts.
     pub async fn keys(&mut self) -> Vec<String> {
         let mut keys: Vec<String> = self.raw.keys("*").await.expect("keys");
@@ -279,6 +284,7 @@ impl Env {
             .finish_task(
                 queue,
                 w,
+                self.epoch(queue, w).await,
                 task,
                 &Outcome::Succeeded("null".into()),
                 claim_max,
@@ -287,7 +293,7 @@ impl Env {
             .expect("finish")
         {
             Finish::Recorded(next) => next,
-            Finish::Stale => panic!("finishing {} on {w} was refused as stale", task.id),
+            Finish::Stale(_) => panic!("finishing {} on {w} was refused as stale", task.id),
         }
     }
 

@@ -66,7 +66,7 @@ async fn unknown_worker_returns_false_and_writes_nothing() {
     // A removed worker is unknown too: it must register again.
     env.register(Q, "w", 2, &[]).await;
     env.store
-        .leave_worker(Q, "w", Leave::Remove)
+        .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Remove)
         .await
         .expect("remove");
     let before = env.snapshot().await;
@@ -86,7 +86,7 @@ async fn a_draining_worker_still_beats_and_stays_out_of_the_free_index() {
     let mut env = Env::start().await;
     env.register(Q, "w", 2, &[]).await;
     env.store
-        .leave_worker(Q, "w", Leave::Drain)
+        .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Drain)
         .await
         .expect("drain");
     let lo = env.now_ms().await;

@@ -21,10 +21,10 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
 
     let back = env
         .store
-        .leave_worker(Q, "w", Leave::Drain)
+        .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Drain)
         .await
         .expect("drain");
-    assert_eq!(back, 1);
+    assert_eq!(back, Some(1));
 
     let w = env.worker_hash(Q, "w").await;
     assert_eq!(
@@ -105,10 +105,10 @@ async fn drain_places_handed_back_tasks_on_another_worker() {
 
     let back = env
         .store
-        .leave_worker(Q, "w1", Leave::Drain)
+        .leave_worker(Q, "w1", env.epoch(Q, "w1").await, Leave::Drain)
         .await
         .expect("drain");
-    assert_eq!(back, 2);
+    assert_eq!(back, Some(2));
     // In order: t2 fills w2, t3 waits.
     let h2 = env.task_hash(Q, &t2).await;
     assert_eq!(
@@ -141,10 +141,10 @@ async fn remove_hands_back_everything_and_deletes_the_worker() {
 
     let back = env
         .store
-        .leave_worker(Q, "w1", Leave::Remove)
+        .leave_worker(Q, "w1", env.epoch(Q, "w1").await, Leave::Remove)
         .await
         .expect("remove");
-    assert_eq!(back, 2);
+    assert_eq!(back, Some(2));
 
     // t1 (first in order) goes to w2 under a new lease. Its run was cut short by the removal,
     // so it gives its attempt back; `runs` still counts the run and `requeues` the hand-back.
@@ -216,18 +216,18 @@ async fn remove_after_drain_hands_back_the_running_tasks() {
     env.claim(Q, "w", 1).await;
     assert_eq!(
         env.store
-            .leave_worker(Q, "w", Leave::Drain)
+            .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Drain)
             .await
             .expect("drain"),
-        0
+        Some(0)
     );
     assert_eq!(env.task_hash(Q, &t).await["state"], "running");
     assert_eq!(
         env.store
-            .leave_worker(Q, "w", Leave::Remove)
+            .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Remove)
             .await
             .expect("remove"),
-        1
+        Some(1)
     );
     assert_eq!(env.zrange(Q, "pending").await, vec![t.clone()]);
     // The run cut short gives its attempt back; `runs` and `requeues` record what happened.
@@ -266,10 +266,10 @@ async fn leaving_an_unknown_worker_changes_nothing() {
     for how in [Leave::Drain, Leave::Remove] {
         assert_eq!(
             env.store
-                .leave_worker(Q, "ghost", how)
+                .leave_worker(Q, "ghost", 1, how)
                 .await
                 .expect("leave"),
-            0
+            None
         );
         assert_eq!(env.snapshot().await, before);
     }

@@ -12,7 +12,7 @@ use ballast::{Client, Placement, QueueCounts, Store, TaskSpec, TaskState};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::harness::Env;
+use crate::harness::{epoch_of, Env};
 
 const Q: &str = "race";
 
@@ -133,7 +133,7 @@ async fn work(
             .expect("non-empty");
             let outcome = Outcome::Succeeded(format!("{{\"by\":\"{w}\"}}"));
             match store
-                .finish_task(Q, &w, &t, &outcome, claim_max)
+                .finish_task(Q, &w, epoch, &t, &outcome, claim_max)
                 .await
                 .expect("finish")
             {
@@ -142,7 +142,10 @@ async fn work(
                     progress.record();
                     running.extend(next);
                 }
-                Finish::Stale => report.stale += 1,
+                Finish::Stale(next) => {
+                    report.stale += 1;
+                    running.extend(next);
+                }
             }
         }
         let cost: i64 = running.iter().map(|t| t.cost).sum();
@@ -456,7 +459,7 @@ async fn a_worker_removed_mid_run_loses_no_task() {
                 progress.third.notified().await;
                 let store = Store::connect(&url).await.expect("connect");
                 store
-                    .leave_worker(Q, "w3", Leave::Remove)
+                    .leave_worker(Q, "w3", epoch_of(&store, Q, "w3").await, Leave::Remove)
                     .await
                     .expect("remove")
             })

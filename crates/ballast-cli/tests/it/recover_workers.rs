@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ballast::store::{prefix, Cancel, Finish, Outcome};
+use ballast::store::{prefix, Cancel, Finish, Leave, Outcome};
 use ballast::{Placement, TaskState};
 use redis::AsyncCommands;
 
@@ -180,13 +180,14 @@ async fn a_worker_declared_dead_is_fenced_out() {
         .finish_task(
             Q,
             "paused",
+            old_epoch,
             &stale,
             &Outcome::Succeeded("\"late\"".into()),
             1,
         )
         .await
         .expect("finish");
-    assert_eq!(late, Finish::Stale);
+    assert_eq!(late, Finish::Stale(vec![]));
     assert!(env
         .store
         .heartbeat_worker(Q, "paused", old_epoch)
@@ -211,6 +212,45 @@ async fn a_worker_declared_dead_is_fenced_out() {
         (TaskState::Succeeded, Some("other"), 2, 1)
     );
     assert_eq!(env.store.counts(Q).await.expect("counts").succeeded, 1);
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn a_replaced_process_neither_claims_nor_leaves_for_its_successor() {
+    let mut env = Env::start().await;
+    env.register(Q, "w", 2, &[]).await;
+    let old_epoch = env.epoch(Q, "w").await;
+    env.submit(task(Q, 1)).await;
+    let old_run = env.claim(Q, "w", 1).await.remove(0);
+    // A new process takes the id over: the task goes back and is placed on it, and so is
+    // a second one. Both wait in its inbox.
+    env.store
+        .register_worker(Q, "w", 2, &[], Duration::ZERO)
+        .await
+        .expect("takeover");
+    env.submit(task(Q, 1)).await;
+    assert_eq!(env.inbox(Q, "w").await.len(), 2);
+
+    // The old process reports its run and asks for more, then shuts down: its report is
+    // stale, it claims none of its successor's tasks, and its leaving changes nothing.
+    let before = env.snapshot().await;
+    let ok = Outcome::Succeeded("1".into());
+    let late = env
+        .store
+        .finish_task(Q, "w", old_epoch, &old_run, &ok, 2)
+        .await
+        .expect("finish");
+    assert_eq!(late, Finish::Stale(vec![]));
+    for how in [Leave::Drain, Leave::Remove] {
+        let left = env
+            .store
+            .leave_worker(Q, "w", old_epoch, how)
+            .await
+            .expect("leave");
+        assert_eq!(left, None);
+    }
+    assert_eq!(env.snapshot().await, before);
+    assert_eq!(env.claim(Q, "w", 2).await.len(), 2);
     env.assert_sound(Q).await;
 }
 
@@ -398,10 +438,17 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
     // The hung worker's late report is refused.
     let late = env
         .store
-        .finish_task(Q, "hung", &stale, &Outcome::Succeeded("1".into()), 0)
+        .finish_task(
+            Q,
+            "hung",
+            env.epoch(Q, "hung").await,
+            &stale,
+            &Outcome::Succeeded("1".into()),
+            0,
+        )
         .await
         .expect("finish");
-    assert_eq!(late, Finish::Stale);
+    assert_eq!(late, Finish::Stale(vec![]));
 
     // Second and last attempt: its lease expires too, and the task is a dead letter.
     env.store.promote_tasks(Q).await.expect("promote");

@@ -257,6 +257,7 @@ async fn dead_id_is_taken_over_and_its_tasks_go_back() {
     let claimed = env.claim(Q, "w", 1).await;
     assert_eq!(claimed.len(), 1);
     assert_eq!((claimed[0].id.as_str(), claimed[0].lease), (t1.as_str(), 1));
+    let old_epoch = env.epoch(Q, "w").await;
 
     // The same id registers again, without the tag and with capacity 3; with dead_after
     // zero any old record counts as dead.
@@ -350,13 +351,21 @@ async fn dead_id_is_taken_over_and_its_tasks_go_back() {
     );
     env.assert_sound(Q).await;
 
-    // The dead process's lease is fenced off.
+    // The dead process's lease is fenced off, and its epoch claims nothing of the new
+    // record's inbox.
     let before = env.snapshot().await;
     let got = env
         .store
-        .finish_task(Q, "w", &claimed[0], &Outcome::Succeeded("1".into()), 1)
+        .finish_task(
+            Q,
+            "w",
+            old_epoch,
+            &claimed[0],
+            &Outcome::Succeeded("1".into()),
+            1,
+        )
         .await
         .expect("finish");
-    assert_eq!(got, Finish::Stale);
+    assert_eq!(got, Finish::Stale(vec![]));
     assert_eq!(env.snapshot().await, before);
 }

@@ -23,7 +23,7 @@ async fn tasks_started_by_a_lost_finish_reply_are_handed_over_again() {
     // The call runs, but its reply (the next two tasks, now running here) never arrives.
     let (_, lost) = env
         .store
-        .finish_tasks(Q, "w", &reports, 2)
+        .finish_tasks(Q, "w", env.epoch(Q, "w").await, &reports, 2)
         .await
         .expect("finish");
     assert_eq!(lost.len(), 2);

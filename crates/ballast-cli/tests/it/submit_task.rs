@@ -391,16 +391,16 @@ async fn function_libraries(env: &mut Env) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// Asserts Redis holds one library, ballast's, with its 16 functions, each named
+/// Asserts Redis holds one library, ballast's, with its 15 functions, each named
 /// `<library>_<function>`.
 async fn assert_one_ballast_library(env: &mut Env) {
     let libraries = function_libraries(env).await;
     assert_eq!(libraries.len(), 1, "one ballast library: {libraries:?}");
     let (name, functions) = &libraries[0];
     assert!(name.starts_with("ballast_"), "library {name}");
-    assert_eq!(functions.len(), 16, "{name}: {functions:?}");
+    assert_eq!(functions.len(), 15, "{name}: {functions:?}");
     let distinct: BTreeSet<&String> = functions.iter().collect();
-    assert_eq!(distinct.len(), 16, "{name}: {functions:?}");
+    assert_eq!(distinct.len(), 15, "{name}: {functions:?}");
     let prefix = format!("{name}_");
     for f in functions {
         assert!(

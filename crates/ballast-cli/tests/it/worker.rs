@@ -653,6 +653,70 @@ async fn after_the_grace_period_unfinished_work_is_handed_back_without_using_an_
     env.assert_sound("q").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_shuts_down_without_redis_and_its_task_is_not_lost() {
+    let mut env = Env::start_with(&["--appendonly", "yes"]).await;
+    let config = WorkerConfig {
+        grace_period: Duration::from_millis(500),
+        ..FAST
+    };
+    let (stop, run) = spawn(worker(&env.store, "w", 1).config(config));
+    let nap = TaskSpec::new("q", "nap").payload(json!(300));
+    env.client.submit(&nap).await.expect("submit");
+    wait_running(&env, &nap.id).await;
+    // Redis goes away for good while the task runs; then the worker is told to stop. It
+    // can neither report nor leave, and must still end once its grace period is over.
+    env.stop_redis();
+    stop.send(()).expect("stop");
+    tokio::time::timeout(WAIT, run)
+        .await
+        .expect("the worker ended without Redis")
+        .expect("join")
+        .expect("run");
+    // Nothing is lost: the task is still the worker's, and recovery hands it back.
+    env.restart_redis();
+    let t = env
+        .store
+        .task("q", &nap.id)
+        .await
+        .expect("read")
+        .expect("task");
+    assert_eq!(
+        (t.state, t.worker.as_deref()),
+        (TaskState::Running, Some("w"))
+    );
+    env.store
+        .recover_workers("q", Duration::ZERO)
+        .await
+        .expect("recover");
+    let t = env
+        .store
+        .task("q", &nap.id)
+        .await
+        .expect("read")
+        .expect("task");
+    assert_eq!((t.state, t.attempts), (TaskState::Pending, 0));
+    env.assert_sound("q").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_learns_its_queues_again() {
+    let mut env = Env::start().await;
+    env.client
+        .submit(&TaskSpec::new("q", "add"))
+        .await
+        .expect("submit");
+    assert_eq!(env.store.queues().await.expect("queues"), vec!["q"]);
+    // No persistence: the restarted Redis is empty, and the same handle submits again.
+    env.restart_redis();
+    assert!(env.store.queues().await.expect("queues").is_empty());
+    env.client
+        .submit(&TaskSpec::new("q", "add"))
+        .await
+        .expect("submit");
+    assert_eq!(env.store.queues().await.expect("queues"), vec!["q"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn work_goes_on_across_a_redis_restart() {
     let mut env = Env::start_with(&["--appendonly", "yes"]).await;

@@ -52,7 +52,6 @@ functions! {
     REGISTER_WORKER = "register_worker",
     HEARTBEAT_WORKER = "heartbeat_worker",
     CLAIM_TASKS = "claim_tasks",
-    FINISH_TASK = "finish_task",
     FINISH_TASKS = "finish_tasks",
     LEAVE_WORKER = "leave_worker",
     RECOVER_WORKERS = "recover_workers",
@@ -104,13 +103,15 @@ impl Function {
     pub(crate) fn key<K: ToRedisArgs>(&self, key: K) -> Call {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg(&LIBRARY.names[self.name]).arg(1).arg(key);
-        Call { cmd }
+        Call { cmd, before: None }
     }
 }
 
 /// A function call being built.
 pub(crate) struct Call {
     cmd: Cmd,
+    /// A command sent just before the call, in the same round trip.
+    before: Option<Cmd>,
 }
 
 impl Call {
@@ -120,15 +121,21 @@ impl Call {
         self
     }
 
+    /// Sends `first` just before the call, in the same round trip (its reply is dropped).
+    pub(crate) fn after(&mut self, first: Cmd) -> &mut Call {
+        self.before = Some(first);
+        self
+    }
+
     /// Runs the call, loading the library first if Redis does not have it.
     pub(crate) async fn invoke_async<T: FromRedisValue>(
         &self,
         conn: &mut impl ConnectionLike,
     ) -> RedisResult<T> {
-        match self.cmd.query_async(conn).await {
+        match self.query(conn).await {
             Err(e) if function_missing(&e) => {
                 load(conn).await?;
-                self.cmd.query_async(conn).await
+                self.query(conn).await
             }
             Err(e) if e.to_string().contains("unknown command") => Err(RedisError::from((
                 ErrorKind::Client,
@@ -137,6 +144,22 @@ impl Call {
             ))),
             other => other,
         }
+    }
+
+    async fn query<T: FromRedisValue>(&self, conn: &mut impl ConnectionLike) -> RedisResult<T> {
+        let Some(first) = &self.before else {
+            return self.cmd.query_async(conn).await;
+        };
+        // Errors are told per command, so the call's own error (a missing library) keeps
+        // its detail rather than coming wrapped as a pipeline failure.
+        let (reply,): (RedisResult<T>,) = redis::pipe()
+            .ignore_errors()
+            .add_command(first.clone())
+            .ignore()
+            .add_command(self.cmd.clone())
+            .query_async(conn)
+            .await?;
+        reply
     }
 }
 

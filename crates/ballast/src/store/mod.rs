@@ -9,7 +9,6 @@
 //! ARCHITECTURE.md; [`Store::check_queue`] verifies its invariants.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -23,9 +22,9 @@ use crate::task::{Checked, TaskRecord, TaskSpec, TaskState};
 mod library;
 
 use library::{
-    Call, Function, CANCEL_JOB, CANCEL_TASK, CLAIM_TASKS, FINISH_TASK, FINISH_TASKS,
-    HEARTBEAT_WORKER, LEAVE_WORKER, PROMOTE_TASKS, PURGE_DEAD, RECOVER_WORKERS, REGISTER_WORKER,
-    RESYNC_WORKER, RETRY_DEAD, SUBMIT_JOB, SUBMIT_TASK, SUBMIT_TASKS,
+    Call, Function, CANCEL_JOB, CANCEL_TASK, CLAIM_TASKS, FINISH_TASKS, HEARTBEAT_WORKER,
+    LEAVE_WORKER, PROMOTE_TASKS, PURGE_DEAD, RECOVER_WORKERS, REGISTER_WORKER, RESYNC_WORKER,
+    RETRY_DEAD, SUBMIT_JOB, SUBMIT_TASK, SUBMIT_TASKS,
 };
 
 /// The error recorded on a task stopped by a cancel request.
@@ -157,13 +156,15 @@ pub enum Cancel {
     JobEnded(String),
 }
 
-/// What [`Store::finish_task`] did.
+/// What [`Store::finish_task`] did. Either way, the tasks it holds were claimed for the
+/// worker in the same call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
-    /// Recorded; these tasks were claimed for the worker in the same call.
+    /// Recorded.
     Recorded(Vec<ClaimedTask>),
-    /// Refused: the task is no longer this worker's under this lease. Nothing was written.
-    Stale,
+    /// Refused: the task is no longer this worker's under this lease. Nothing was written
+    /// for it.
+    Stale(Vec<ClaimedTask>),
 }
 
 /// How a worker leaves.
@@ -329,8 +330,6 @@ fn state_key(p: &str, state: TaskState) -> String {
 pub struct Store {
     client: redis::Client,
     conn: ConnectionManager,
-    /// Queues this handle already added to the directory of queues.
-    known_queues: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -348,11 +347,7 @@ impl Store {
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_connection_timeout(Some(Duration::from_secs(5)));
         let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
-        Ok(Store {
-            client,
-            conn,
-            known_queues: Arc::new(Mutex::new(HashSet::new())),
-        })
+        Ok(Store { client, conn })
     }
 
     /// Refuses a Redis that evicts keys under memory pressure: an evicted task record or
@@ -479,9 +474,9 @@ impl Store {
 
     async fn submit_task_once(&self, spec: &TaskSpec, checked: &Checked) -> Result<Placement> {
         let mut conn = self.conn.clone();
-        self.remember_queue(&spec.queue, &mut conn).await?;
         let p = prefix(&spec.queue);
         let mut call = SUBMIT_TASK.key(format!("{p}task:{}", spec.id));
+        call.after(Store::remember_queue(&spec.queue));
         call.arg(&p).arg(&spec.id);
         call.arg(&spec.kind).arg(&checked.payload);
         Shape::of(spec, checked).rest_args(&mut call);
@@ -502,7 +497,6 @@ impl Store {
         // One call per run of tasks of one queue (a queue is one slot), 1,000 at most.
         for run in tasks.chunk_by(|a, b| a.0.queue == b.0.queue) {
             let queue = &run[0].0.queue;
-            self.remember_queue(queue, &mut conn).await?;
             let p = prefix(queue);
             for chunk in run.chunks(1000) {
                 // Each distinct shape (everything but id and payload) is sent once.
@@ -517,6 +511,7 @@ impl Store {
                     shape_of.push(n);
                 }
                 let mut call = SUBMIT_TASKS.key(format!("{p}pending"));
+                call.after(Store::remember_queue(queue));
                 call.arg(&p).arg(shapes.len());
                 for shape in &shapes {
                     call.arg(shape.kind);
@@ -534,14 +529,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Adds a queue to the directory of queues the first time this handle submits to it.
-    async fn remember_queue(&self, queue: &str, conn: &mut ConnectionManager) -> Result<()> {
-        if crate::lock(&self.known_queues).contains(queue) {
-            return Ok(());
-        }
-        conn.sadd::<_, _, ()>(QUEUES_KEY, queue).await?;
-        crate::lock(&self.known_queues).insert(queue.to_string());
-        Ok(())
+    /// The command that adds a queue to the directory of queues. It is sent with every call
+    /// that creates tasks or workers (in the same round trip), rather than once per handle:
+    /// a Redis restarted without persistence must learn the queue again.
+    fn remember_queue(queue: &str) -> redis::Cmd {
+        redis::cmd("SADD").arg(QUEUES_KEY).arg(queue).to_owned()
     }
 
     /// Reads a task's record, or `None` when the queue has no such task.
@@ -740,9 +732,9 @@ impl Store {
     ) -> Result<u64> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        self.remember_queue(queue, &mut conn).await?;
         let reply: Vec<String> = REGISTER_WORKER
             .key(format!("{p}worker:{worker}"))
+            .after(Store::remember_queue(queue))
             .arg(&p)
             .arg(worker)
             .arg(capacity)
@@ -862,52 +854,44 @@ impl Store {
     }
 
     /// Records a task's outcome under its lease, frees its cost, places what now fits, and
-    /// claims up to `claim_max` of the worker's next tasks in the same call.
+    /// claims up to `claim_max` of the worker's next tasks in the same call (none when
+    /// `epoch` is not the worker's current one): [`Store::finish_tasks`] for one task.
     pub async fn finish_task(
         &self,
         queue: &str,
         worker: &str,
+        epoch: u64,
         task: &ClaimedTask,
         outcome: &Outcome,
         claim_max: usize,
     ) -> Result<Finish> {
-        let p = prefix(queue);
-        let (state, body, delay) = outcome_args(outcome);
-        let mut conn = self.conn.clone();
-        let (status, rows): (String, Vec<Vec<String>>) = FINISH_TASK
-            .key(format!("{p}task:{}", task.id))
-            .arg(&p)
-            .arg(worker)
-            .arg(&task.id)
-            .arg(task.lease)
-            .arg(state)
-            .arg(body)
-            .arg(claim_max)
-            .arg(ms(delay))
-            .invoke_async(&mut conn)
+        let (recorded, claimed) = self
+            .finish_tasks(queue, worker, epoch, &[(task, outcome)], claim_max)
             .await?;
-        match status.as_str() {
-            "ok" => Ok(Finish::Recorded(ClaimedTask::from_rows(rows)?)),
-            "stale" => Ok(Finish::Stale),
-            _ => Err(Error::Corrupt(format!("finish_task replied {status:?}"))),
-        }
+        Ok(if recorded.first() == Some(&true) {
+            Finish::Recorded(claimed)
+        } else {
+            Finish::Stale(claimed)
+        })
     }
 
     /// Records the outcomes of many tasks of one worker in one call, then places what now
-    /// fits and claims up to `claim_max` of the worker's next tasks. Returns, per report,
-    /// whether it was recorded (false: stale, the task was taken back), and the claimed
-    /// tasks.
+    /// fits and claims up to `claim_max` of the worker's next tasks. Outcomes are fenced by
+    /// their leases; claiming also by `epoch` (a process declared dead claims nothing).
+    /// Returns, per report, whether it was recorded (false: stale, the task was taken back),
+    /// and the claimed tasks.
     pub async fn finish_tasks(
         &self,
         queue: &str,
         worker: &str,
+        epoch: u64,
         reports: &[(&ClaimedTask, &Outcome)],
         claim_max: usize,
     ) -> Result<(Vec<bool>, Vec<ClaimedTask>)> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let mut call = FINISH_TASKS.key(format!("{p}worker:{worker}"));
-        call.arg(&p).arg(worker).arg(claim_max);
+        call.arg(&p).arg(worker).arg(epoch).arg(claim_max);
         for (task, outcome) in reports {
             let (state, body, delay) = outcome_args(outcome);
             call.arg(&task.id)
@@ -923,20 +907,30 @@ impl Store {
         ))
     }
 
-    /// Drains or removes a worker; returns how many tasks it handed back.
-    pub async fn leave_worker(&self, queue: &str, worker: &str, how: Leave) -> Result<u64> {
+    /// Drains or removes a worker registered under `epoch`; returns how many tasks it handed
+    /// back, or `None` when `epoch` is not the worker's (the process was declared dead, and
+    /// its tasks already went to others): nothing is changed then.
+    pub async fn leave_worker(
+        &self,
+        queue: &str,
+        worker: &str,
+        epoch: u64,
+        how: Leave,
+    ) -> Result<Option<u64>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        Ok(LEAVE_WORKER
+        let back: i64 = LEAVE_WORKER
             .key(format!("{p}worker:{worker}"))
             .arg(&p)
             .arg(worker)
+            .arg(epoch)
             .arg(match how {
                 Leave::Drain => "drain",
                 Leave::Remove => "remove",
             })
             .invoke_async(&mut conn)
-            .await?)
+            .await?;
+        Ok(u64::try_from(back).ok())
     }
 
     /// Declares dead the workers whose last heartbeat is older than `dead_after`, hands
@@ -1046,7 +1040,9 @@ impl Store {
             .await?;
         match reply.first().map(String::as_str) {
             // Listed only once it exists: a refused job writes nothing.
-            Some("ok") => self.remember_queue(&h.queue, &mut conn).await,
+            Some("ok") => Ok(Store::remember_queue(&h.queue)
+                .query_async::<()>(&mut conn)
+                .await?),
             Some("exists") => Err(Error::Corrupt(format!("job {} already exists", h.id))),
             Some("missing") => Err(Error::Corrupt(format!(
                 "job {}: {} of {total} chunks were staged",

@@ -1,22 +1,35 @@
--- finish_tasks.lua: finish_task.lua for many tasks of one worker at once: every outcome
--- recorded, then one placement pass that starts the worker's next tasks. A worker
--- reports what ended since its last report in one call, so the fixed cost of a call and of
--- a placement pass is shared by all of them.
+-- finish_tasks.lua: record how attempts of one worker's tasks ended, free their cost, place
+-- what now fits, and hand the worker its next tasks in the same round trip. A worker reports
+-- what ended since its last report in one call, so the fixed cost of a call and of a
+-- placement pass is shared by all of them.
+--
+-- Outcomes: "succeeded"; "retry", a failed attempt worth another, which waits in
+-- P .. 'scheduled' until its delay is over (promote_tasks.lua brings it back), or goes to
+-- the dead letters (state failed) when no attempt is left; "failed", give up now;
+-- "cancelled", stopped on a cancel request. Every attempt that does not succeed is appended
+-- to the record's `history`; a final task's id is published on P .. 'events'.
 --
 -- KEYS[1] hash    the worker record, P .. 'worker:' .. id
 -- ARGV[1] string  queue prefix P = "ballast:{queue}:"
 -- ARGV[2] string  worker id
--- ARGV[3] int     most tasks to claim for this worker afterwards (0 for none)
--- ARGV[4..] five per task: id, lease, outcome ("succeeded", "retry", "failed",
+-- ARGV[3] int     the epoch register_worker gave this process
+-- ARGV[4] int     most tasks to claim for this worker afterwards (0 for none)
+-- ARGV[5..] five per task: id, lease, outcome ("succeeded", "retry", "failed",
 --                 "cancelled"), result JSON or error message, retry delay in ms
+--
+-- Outcomes are fenced by their leases alone: a result is as good from a process declared
+-- dead as from any other, as long as its task was not taken back. Claiming is fenced by the
+-- epoch too: a process whose epoch is no longer the worker's (declared dead, perhaps
+-- replaced by a new process under the same id) claims nothing, or it would start the new
+-- incarnation's tasks.
 --
 -- Returns {recorded, claimed}: recorded[i] is 1, or 0 when task i was stale (taken back,
 -- nothing written for it); claimed has the shape claim_tasks.lua returns.
 
-local w, claim_max = ARGV[2], tonumber(ARGV[3])
+local w, epoch, claim_max = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 local recorded, b = {}, new_batch()
-for i = 4, #ARGV, 5 do
+for i = 5, #ARGV, 5 do
   local ok = finish_one(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], now,
     b)
   recorded[#recorded + 1] = ok and 1 or 0
@@ -25,7 +38,7 @@ local state = finish_done(w, b, now)
 -- Tasks placed here start at once; then the inbox tops up the claim (tasks assigned to w
 -- by other calls and not yet taken).
 local me
-if claim_max > 0 and state == 'active' then
+if claim_max > 0 and state == 'active' and redis.call('HGET', KEYS[1], 'epoch') == epoch then
   me = { w = w, max = claim_max, out = {} }
 end
 place(now, me)

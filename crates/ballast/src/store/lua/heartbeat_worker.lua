@@ -7,10 +7,12 @@
 -- ARGV[2] string  worker id
 -- ARGV[3] int     the epoch register_worker gave this process
 --
--- Returns {1, id, ...}: alive, and the running tasks it was asked to cancel since the last
--- beat (taken: each is told once); or {0} when the worker is unknown or registered under
--- another epoch: it was declared dead (its tasks went to others) and must drop its work and
--- register again.
+-- Returns {1, id, ...}: alive, and the running tasks it was asked to cancel; or {0} when the
+-- worker is unknown or registered under another epoch: it was declared dead (its tasks went
+-- to others) and must drop its work and register again.
+-- A request is told at every beat until its task leaves running (finish_done and unhold
+-- take it out): a reply lost on the way, or a task the worker has not started yet when it
+-- hears of it, must not lose the request. Acting on it twice is harmless.
 
 local wk = KEYS[1]
 local w, epoch = ARGV[2], ARGV[3]
@@ -23,6 +25,5 @@ local out = { '1' }
 local cancels = wk .. ':cancel'
 if redis.call('EXISTS', cancels) == 1 then
   for _, id in ipairs(redis.call('SMEMBERS', cancels)) do out[#out + 1] = id end
-  redis.call('DEL', cancels)
 end
 return out

@@ -3,15 +3,18 @@
 -- KEYS[1] hash    the worker record, P .. 'worker:' .. id
 -- ARGV[1] string  queue prefix P = "ballast:{queue}:"
 -- ARGV[2] string  worker id
--- ARGV[3] string  "drain": leave the free indexes and hand back tasks not yet started;
+-- ARGV[3] int     the epoch register_worker gave this process
+-- ARGV[4] string  "drain": leave the free indexes and hand back tasks not yet started;
 --                 "remove": also hand back anything still held and delete the worker
 --
 -- Handed-back tasks return to pending at their order without using an attempt, and are
--- placed on other workers at once. Returns the number of tasks handed back.
+-- placed on other workers at once. Returns the number of tasks handed back, or -1 when the
+-- epoch is not the worker's: the process was declared dead (its tasks already went to
+-- others) and perhaps replaced, so what is there now is not its to change.
 
 local wk = KEYS[1]
-local w, phase = ARGV[2], ARGV[3]
-if redis.call('EXISTS', wk) == 0 then return 0 end
+local w, epoch, phase = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', wk, 'epoch') ~= epoch then return -1 end
 
 local now = now_ms()
 local back = 0

@@ -570,6 +570,8 @@ end
 local function unhold(id, w, state, cost)
   redis.call('ZREM', key(state), id)
   redis.call('SREM', held_key(w), id)
+  -- A cancel request is void once its task no longer runs here.
+  if state == 'running' then redis.call('SREM', worker_key(w) .. ':cancel', id) end
   -- An orphan's worker has no record; counting on it would create one.
   if redis.call('EXISTS', worker_key(w)) == 0 then return false end
   redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(cost))
@@ -826,7 +828,7 @@ local function claim(w, given, max, now)
   return out
 end
 
--- Record how one attempt of task `id` on worker w ended (see finish_task.lua for the
+-- Record how one attempt of task `id` on worker w ended (see finish_tasks.lua for the
 -- outcomes; `delay`: the retry delay in ms, as text) and settle or reschedule it; its index
 -- changes and the cost it frees go to batch b. Returns whether it was recorded: false,
 -- writing nothing, when the task is no longer running on w under `lease` (it was taken
@@ -834,8 +836,12 @@ end
 -- tasks it finishes.
 local function finish_one(w, id, lease, outcome, body, delay, now, b)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'job', 'chunk')
+  local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'job', 'chunk',
+    'cancel_requested')
   if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return false end
+  -- A task asked to stop does not run again: a retry (the handler failed, or was stopped
+  -- without the worker knowing why) ends it as cancelled.
+  if h[7] and outcome == 'retry' then outcome = 'cancelled' end
   later(b, 'zrem', key('running'), id)
   later(b, 'srem', held_key(w), id)
   b.done[#b.done + 1] = id

@@ -60,7 +60,7 @@ local expired = redis.call('ZRANGEBYSCORE', key('running'), '-inf', '(' .. fmt(l
 for _, id in ipairs(expired) do
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', 'attempts', 'max_attempts',
-    'started_at', 'timeout_ms')
+    'started_at', 'timeout_ms', 'cancel_requested')
   if h[1] == 'running' then
     local w = h[2]
     if unhold(id, w, 'running', h[3]) then index_worker(w) end
@@ -68,7 +68,9 @@ for _, id in ipairs(expired) do
       dead_after .. ' ms'
     append_history(tk, { attempt = tonumber(h[4]), worker = w, started_at = tonumber(h[6]),
       finished_at = now, outcome = 'retry', error = err })
-    if tonumber(h[4]) < tonumber(h[5]) then
+    if h[8] then
+      settle(id, 'cancelled', 'error', err, now)
+    elseif tonumber(h[4]) < tonumber(h[5]) then
       schedule(id, now, err)
     else
       settle(id, 'failed', 'error', err, now)

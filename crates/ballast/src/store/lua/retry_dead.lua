@@ -14,7 +14,10 @@ for i = 2, #ARGV do
   if redis.call('ZREM', KEYS[1], id) == 1 then
     local tk = task_key(id)
     redis.call('HSET', tk, 'state', 'pending', 'attempts', 0, 'cut_short', 0, 'worker', '')
-    redis.call('HDEL', tk, 'finished_at', 'error', 'result', 'assigned_at', 'started_at')
+    -- A cancel request that came too late to stop the last run does not follow the task
+    -- into its new life.
+    redis.call('HDEL', tk, 'finished_at', 'error', 'result', 'assigned_at', 'started_at',
+      'cancel_requested')
     redis.call('ZADD', key('pending'), redis.call('HGET', tk, 'order'), id)
     n = n + 1
   end
