@@ -26,34 +26,36 @@ impl Promotion {
     pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut conn: Option<MultiplexedConnection> = None;
         loop {
-            let wait = self.step().await;
-            if conn.is_none() {
-                conn = self.store.blocking_connection().await.ok();
-            }
-            let woken = async {
-                match conn.as_mut() {
-                    Some(c) => self.store.wait_scheduled(c, &self.queue, wait).await,
-                    None => {
-                        tokio::time::sleep(wait).await;
-                        Ok(false)
-                    }
-                }
-            };
+            // A round may be cut anywhere: promotion is one atomic, idempotent call. So a
+            // stop is heard at once, even while Redis is away and a call is retrying.
             tokio::select! {
-                r = woken => {
-                    if let Err(e) = r {
-                        tracing::warn!(queue = %self.queue, error = %e, "promotion wait failed");
-                        conn = None;
-                        // Not at once: Redis may be down.
-                        tokio::time::sleep(wait.min(Duration::from_millis(250))).await;
-                    }
-                }
+                _ = self.round(&mut conn) => {}
                 _ = stopped(&mut stop) => return,
             }
         }
     }
 
-    /// One promotion; returns how long to wait before the next.
+    /// One promotion step, then a wait until the next scheduled task is due or a task is
+    /// scheduled.
+    async fn round(&self, conn: &mut Option<MultiplexedConnection>) {
+        let wait = self.step().await;
+        if conn.is_none() {
+            *conn = self.store.blocking_connection().await.ok();
+        }
+        let woken = match conn.as_mut() {
+            Some(c) => self.store.wait_scheduled(c, &self.queue, wait).await,
+            None => {
+                tokio::time::sleep(wait).await;
+                Ok(false)
+            }
+        };
+        if let Err(e) = woken {
+            tracing::warn!(queue = %self.queue, error = %e, "promotion wait failed");
+            *conn = None;
+            tokio::time::sleep(wait.min(Duration::from_millis(250))).await;
+        }
+    }
+
     async fn step(&self) -> Duration {
         match self.store.promote_tasks(&self.queue).await {
             Ok((_, Some(next))) => next.min(self.period),

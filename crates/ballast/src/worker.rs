@@ -29,6 +29,9 @@ use crate::task::{check_name, check_tags, CAPACITY_MAX};
 const INBOX_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause between retries of a Redis call the worker cannot give up on.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the last try of such a call may take once the worker has stopped waiting for
+/// Redis (see [`Runner::retry`]).
+const LAST_TRY: Duration = Duration::from_secs(2);
 
 /// Timing of a worker. Units are given in each field's name or doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,7 +304,7 @@ impl Worker {
             }
             .run(stop_rx.clone()),
         );
-        let fetch = tokio::spawn(Arc::clone(&runner).fetch(stop_rx.clone()));
+        let mut fetch = tokio::spawn(Arc::clone(&runner).fetch(stop_rx.clone()));
         let reporter = tokio::spawn(Arc::clone(&runner).report(report_rx, report_stop_rx.clone()));
         let mut rejoin =
             tokio::spawn(Arc::clone(&runner).control(lost_rx, cancel_rx, stop_rx, report_stop_rx));
@@ -329,7 +332,13 @@ impl Worker {
         // Leaving presents the epoch: a process declared dead (and perhaps replaced) changes
         // nothing.
         stop_tx.send_replace(true);
-        let _ = fetch.await;
+        // A claim in flight is let finish, up to the end of the grace period (Redis may be
+        // away); whatever a cut claim took stays held here, and leaving hands it back.
+        let mut give_up = runner.give_up.clone();
+        tokio::select! {
+            _ = &mut fetch => {}
+            _ = stopped(&mut give_up) => fetch.abort(),
+        }
         runner.leave(Leave::Drain).await;
         let mut idle = runner.in_flight.subscribe();
         if tokio::time::timeout_at(deadline, idle.wait_for(|n| *n == 0))
@@ -366,7 +375,9 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// The skeleton of the periodic loops (heartbeat, recovery): one step every `period`, the
-/// first at once, until `stop`. A late step delays the next rather than bunching them.
+/// first at once, until `stop`. A late step delays the next rather than bunching them. A
+/// step in progress is dropped at `stop` (each is one atomic call, safe to cut), so a
+/// stop is heard at once even while Redis is away and a call is retrying.
 pub(crate) async fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, mut step: F)
 where
     F: FnMut() -> Fut,
@@ -376,7 +387,11 @@ where
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => step().await,
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => return,
+        }
+        tokio::select! {
+            _ = step() => {}
             _ = stopped(&mut stop) => return,
         }
     }
@@ -556,10 +571,10 @@ impl Runner {
 
     /// Retries a Redis call with backoff until it succeeds, or until `stop` turns true:
     /// used where giving up would lose an outcome or leave a task stranded while the
-    /// worker runs. Once `stop` is true a failed call gives up (`None`) instead of waiting
-    /// for Redis: what it could not tell goes to other workers when this one is declared
-    /// dead. A failed call may still have run (the connection dropped after Redis ran it),
-    /// so a resync follows.
+    /// worker runs. Once `stop` is true the call gets one last try of at most LAST_TRY, then
+    /// gives up (`None`) instead of waiting for Redis: what it could not tell goes to other
+    /// workers when this one is declared dead. A failed or cut call may still have run (the
+    /// connection dropped after Redis ran it), so a resync follows.
     async fn retry<T, F, Fut>(
         &self,
         what: &str,
@@ -573,11 +588,29 @@ impl Runner {
         let mut stop = stop.clone();
         let mut backoff = Duration::from_millis(50);
         loop {
-            match call().await {
+            let last = *stop.borrow();
+            let result = if last {
+                match tokio::time::timeout(LAST_TRY, call()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.resync.store(true, Ordering::SeqCst);
+                        tracing::warn!(worker = %self.worker, "{what} got no answer; giving up on shutdown");
+                        return None;
+                    }
+                }
+            } else {
+                // The store retries a dropped connection itself, for seconds: a stop
+                // cuts that short and leads to the last try.
+                tokio::select! {
+                    r = call() => r,
+                    _ = stopped(&mut stop) => continue,
+                }
+            };
+            match result {
                 Ok(v) => return Some(v),
                 Err(e) => {
                     self.resync.store(true, Ordering::SeqCst);
-                    if *stop.borrow() {
+                    if last {
                         tracing::warn!(worker = %self.worker, error = %e, "{what} failed; giving up on shutdown");
                         return None;
                     }
@@ -656,25 +689,24 @@ impl Runner {
         let mut shutdown = shutdown.clone();
         let mut backoff = Duration::from_millis(200);
         let epoch = loop {
-            match self
-                .store
-                .register_worker(
+            // Cut at shutdown: a registration that ran all the same is declared dead in
+            // its turn, since nothing beats for it.
+            let registered = tokio::select! {
+                r = self.store.register_worker(
                     &self.queue,
                     &self.worker,
                     self.capacity,
                     &self.tags,
                     self.config.dead_after,
-                )
-                .await
-            {
+                ) => r,
+                _ = stopped(&mut shutdown) => return Ok(()),
+            };
+            match registered {
                 Ok(e) => break e,
                 Err(e @ Error::WorkerIdTaken(_)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(worker = %self.worker, error = %e, "register again failed; retrying");
                     backoff = self.pause(backoff, &mut shutdown).await;
-                    if *shutdown.borrow() {
-                        return Ok(());
-                    }
                 }
             }
         };

@@ -32,7 +32,7 @@ async fn tasks_not_started_are_cancelled_at_once_wherever_they_wait() {
         vec![pending.clone(), waiting.clone()]
     );
     for id in [&delayed, &pending] {
-        let t = env.store.task(Q, id).await.expect("read").expect("task");
+        let t = env.task_record(Q, id).await;
         assert_eq!(
             (t.state, t.error.as_deref()),
             (TaskState::Cancelled, Some("cancelled before it started"))
@@ -50,12 +50,7 @@ async fn tasks_not_started_are_cancelled_at_once_wherever_they_wait() {
     );
     assert!(env.inbox(Q, "w").await.is_empty());
     assert_eq!(
-        env.store
-            .task(Q, &pending)
-            .await
-            .expect("read")
-            .expect("task")
-            .state,
+        env.task_record(Q, &pending).await.state,
         TaskState::Cancelled
     );
     env.assert_sound(Q).await;
@@ -74,24 +69,11 @@ async fn a_running_task_is_flagged_for_its_worker_and_a_final_one_is_left_alone(
     assert_eq!(env.task_hash(Q, &id).await["state"], "running");
     // Every heartbeat hands the request to the worker until the task ends: a lost reply,
     // or a worker that has not started the task yet, does not lose it.
-    let epoch = env.epoch(Q, "w").await;
     for _ in 0..2 {
-        assert_eq!(
-            env.store
-                .heartbeat_worker(Q, "w", epoch)
-                .await
-                .expect("beat"),
-            Some(vec![id.clone()])
-        );
+        assert_eq!(env.beat(Q, "w").await, Some(vec![id.clone()]));
     }
     env.finish(Q, "w", &t, 0).await;
-    assert_eq!(
-        env.store
-            .heartbeat_worker(Q, "w", epoch)
-            .await
-            .expect("beat"),
-        Some(vec![])
-    );
+    assert_eq!(env.beat(Q, "w").await, Some(vec![]));
     assert_eq!(
         env.store.cancel_task(Q, &id).await.expect("cancel"),
         Cancel::AlreadyFinal(TaskState::Succeeded)
@@ -119,7 +101,7 @@ async fn a_task_asked_to_stop_is_not_retried_and_a_revived_one_forgets_the_reque
         .await
         .expect("finish");
     assert_eq!(got, Finish::Recorded(vec![]));
-    let r = env.store.task(Q, &id).await.expect("read").expect("task");
+    let r = env.task_record(Q, &id).await;
     assert_eq!(
         (r.state, r.error.as_deref()),
         (TaskState::Cancelled, Some("handler was stopped"))

@@ -421,12 +421,7 @@ async fn inspection_commands_print_stable_json() {
 /// Waits until task `id` is running on worker `w`.
 async fn running_on(env: &Env, queue: &str, id: &str, w: &str) {
     eventually(&format!("task {id} runs on {w}"), WAIT, || async move {
-        let t = env
-            .store
-            .task(queue, id)
-            .await
-            .expect("read")
-            .expect("task");
+        let t = env.task_record(queue, id).await;
         if t.state == TaskState::Running && t.worker.as_deref() == Some(w) {
             return true;
         }
@@ -561,14 +556,7 @@ async fn a_pause_shorter_than_half_of_dead_after_requeues_nothing() {
     .await;
     let lines = vec![r#"{"kind":"sleep","payload":{"ms":300}}"#.to_string()];
     let ids = submit_file(&env, "q", &lines);
-    let on = env
-        .store
-        .task("q", &ids[0])
-        .await
-        .expect("r")
-        .expect("t")
-        .worker
-        .expect("placed");
+    let on = env.task_record("q", &ids[0]).await.worker.expect("placed");
     let paused = if on == "a" { &a } else { &_b };
     signal(paused, "-STOP");
     // The pause itself: 0.5 s, a quarter of dead-after.

@@ -1,6 +1,6 @@
-//! Tests of `Store::finish_task` (finish_task.lua): the outcome is recorded, the cost freed
-//! and counted, the next task placed and claimed in the same call; a stale lease or a wrong
-//! worker is refused and writes nothing.
+//! Tests of `Store::finish_task` (a report of one for finish_tasks.lua): the outcome is
+//! recorded, the cost freed and counted, the next task placed and claimed in the same call;
+//! a stale lease or a wrong worker is refused and writes nothing.
 
 use ballast::store::{ClaimedTask, Finish, Leave, Outcome};
 use serde_json::json;
@@ -50,12 +50,7 @@ async fn success_is_recorded_and_the_cost_freed() {
     // Redis keeps no history for a success (the record tells it); the record read back
     // lists the attempt all the same.
     assert_eq!(h, before);
-    let record = env
-        .store
-        .task(Q, &t.id)
-        .await
-        .expect("read")
-        .expect("record");
+    let record = env.task_record(Q, &t.id).await;
     assert_eq!(
         serde_json::Value::from(record.history),
         serde_json::json!([{
@@ -108,7 +103,7 @@ async fn success_is_recorded_and_the_cost_freed() {
             ]
         )
     );
-    let rec = env.store.task(Q, &t.id).await.expect("read").expect("some");
+    let rec = env.task_record(Q, &t.id).await;
     assert_eq!(rec.result, Some(json!({"ok": true})));
     assert_eq!(rec.error, None);
     assert_eq!(rec.worker.as_deref(), Some("w"));
@@ -164,7 +159,7 @@ async fn failure_is_recorded_with_its_error() {
             ]
         )
     );
-    let rec = env.store.task(Q, &t.id).await.expect("read").expect("some");
+    let rec = env.task_record(Q, &t.id).await;
     assert_eq!(rec.error.as_deref(), Some("disk full"));
     assert_eq!(rec.result, None);
     env.assert_sound(Q).await;

@@ -46,14 +46,7 @@ async fn outcomes_are_recorded_together_and_a_stale_one_is_skipped() {
     let states: Vec<TaskState> = {
         let mut v = Vec::new();
         for id in &ids {
-            v.push(
-                env.store
-                    .task(Q, id)
-                    .await
-                    .expect("read")
-                    .expect("task")
-                    .state,
-            );
+            v.push(env.task_record(Q, id).await.state);
         }
         v
     };

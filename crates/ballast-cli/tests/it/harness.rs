@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ballast::store::{prefix, ClaimedTask, Finish, Outcome, Store};
 use ballast::testing::RedisServer;
-use ballast::{Client, TaskSpec};
+use ballast::{Client, TaskRecord, TaskSpec};
 use redis::AsyncCommands;
 
 /// A private Redis with a store and a raw connection on it. Dropping it kills the server.
@@ -259,6 +259,42 @@ impl Env {
     /// The worker's current epoch (0 when it is not registered).
     pub async fn epoch(&self, queue: &str, w: &str) -> u64 {
         epoch_of(&self.store, queue, w).await
+    }
+
+    /// A heartbeat under the worker's current epoch: `Some(ids asked to stop)`, or `None`
+    /// when Redis does not know the worker.
+    pub async fn beat(&self, queue: &str, w: &str) -> Option<Vec<String>> {
+        let epoch = self.epoch(queue, w).await;
+        self.store
+            .heartbeat_worker(queue, w, epoch)
+            .await
+            .expect("beat")
+    }
+
+    /// Seeds the worker's last heartbeat `age_ms` in the past (server clock), in its record
+    /// and the `heartbeats` index; returns that time.
+    pub async fn age_heartbeat(&mut self, queue: &str, w: &str, age_ms: i64) -> i64 {
+        let at = self.now_ms().await - age_ms;
+        let _: () = self
+            .raw
+            .zadd(qkey(queue, "heartbeats"), w, at)
+            .await
+            .expect("zadd");
+        let _: () = self
+            .raw
+            .hset(qkey(queue, &format!("worker:{w}")), "heartbeat_at", at)
+            .await
+            .expect("hset");
+        at
+    }
+
+    /// The typed record of a task that must exist.
+    pub async fn task_record(&self, queue: &str, id: &str) -> TaskRecord {
+        self.store
+            .task(queue, id)
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("task {id} does not exist"))
     }
 
     /// Claims up to `max` tasks from the worker's inbox.

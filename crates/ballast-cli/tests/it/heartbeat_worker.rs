@@ -14,12 +14,7 @@ async fn records_server_time_and_nothing_else() {
     env.register(Q, "w", 2, &[]).await;
     env.register(Q, "other", 2, &[]).await;
     // Seed an old heartbeat so the new one is visibly written.
-    let _: () = redis::AsyncCommands::hset(&mut env.raw, qkey(Q, "worker:w"), "heartbeat_at", 1)
-        .await
-        .expect("hset");
-    let _: () = redis::AsyncCommands::zadd(&mut env.raw, qkey(Q, "heartbeats"), "w", 1)
-        .await
-        .expect("zadd");
+    env.age_heartbeat(Q, "w", 10_000).await;
     let mut before = env.worker_hash(Q, "w").await;
     before.remove("heartbeat_at");
     let other_before = env.worker_hash(Q, "other").await;
@@ -27,12 +22,7 @@ async fn records_server_time_and_nothing_else() {
     let keys = env.keys().await;
 
     let lo = env.now_ms().await;
-    assert!(env
-        .store
-        .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
-        .await
-        .expect("beat")
-        .is_some());
+    assert!(env.beat(Q, "w").await.is_some());
     let hi = env.now_ms().await;
 
     let mut after = env.worker_hash(Q, "w").await;
@@ -55,12 +45,7 @@ async fn records_server_time_and_nothing_else() {
 #[tokio::test]
 async fn unknown_worker_returns_false_and_writes_nothing() {
     let mut env = Env::start().await;
-    assert!(env
-        .store
-        .heartbeat_worker(Q, "ghost", env.epoch(Q, "ghost").await)
-        .await
-        .expect("beat")
-        .is_none());
+    assert!(env.beat(Q, "ghost").await.is_none());
     assert!(env.keys().await.is_empty());
 
     // A removed worker is unknown too: it must register again.
@@ -70,12 +55,7 @@ async fn unknown_worker_returns_false_and_writes_nothing() {
         .await
         .expect("remove");
     let before = env.snapshot().await;
-    assert!(env
-        .store
-        .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
-        .await
-        .expect("beat")
-        .is_none());
+    assert!(env.beat(Q, "w").await.is_none());
     assert_eq!(env.snapshot().await, before);
     assert!(!env.keys().await.contains(&qkey(Q, "worker:w")));
     env.assert_sound(Q).await;
@@ -90,12 +70,7 @@ async fn a_draining_worker_still_beats_and_stays_out_of_the_free_index() {
         .await
         .expect("drain");
     let lo = env.now_ms().await;
-    assert!(env
-        .store
-        .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
-        .await
-        .expect("beat")
-        .is_some());
+    assert!(env.beat(Q, "w").await.is_some());
     let hi = env.now_ms().await;
     let mut h = env.worker_hash(Q, "w").await;
     take_time(&mut h, "heartbeat_at", lo, hi);
@@ -117,12 +92,7 @@ async fn heartbeat_places_work_left_over_by_a_capped_placement() {
     assert_eq!(env.inbox(Q, "w").await.len(), 1000);
     assert_eq!(env.zrange(Q, "pending").await, vec![specs[1000].id.clone()]);
 
-    assert!(env
-        .store
-        .heartbeat_worker(Q, "w", env.epoch(Q, "w").await)
-        .await
-        .expect("beat")
-        .is_some());
+    assert!(env.beat(Q, "w").await.is_some());
     let inbox = env.inbox(Q, "w").await;
     let want: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
     assert_eq!(inbox, want);

@@ -391,12 +391,7 @@ async fn look_ahead_stops_after_32_blocked_shapes() {
     env.finish(Q, "small", &t[0], 1).await;
     let (s2, p) = put(&env, task(Q, 1)).await;
     assert_eq!(p, Placement::Pending);
-    assert!(env
-        .store
-        .heartbeat_worker(Q, "small", env.epoch(Q, "small").await)
-        .await
-        .expect("beat")
-        .is_some());
+    assert!(env.beat(Q, "small").await.is_some());
     assert_eq!(env.worker_int(Q, "small", "assigned").await, 0);
     env.assert_sound(Q).await;
 
@@ -432,12 +427,7 @@ async fn blocked_tasks_of_one_shape_use_no_look_ahead_but_the_scan_is_bounded() 
     assert_eq!(p, Placement::Pending);
     assert_eq!(env.worker_int(Q, "small", "assigned").await, 0);
     assert_eq!(
-        env.store
-            .task(Q, &s2)
-            .await
-            .expect("read")
-            .expect("task")
-            .state,
+        env.task_record(Q, &s2).await.state,
         ballast::TaskState::Pending
     );
     env.assert_sound(Q).await;

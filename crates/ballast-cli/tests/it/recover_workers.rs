@@ -13,22 +13,6 @@ use crate::harness::{qkey, task, Env};
 const Q: &str = "jobs";
 const DEAD_AFTER: Duration = Duration::from_secs(5);
 
-/// Seeds a heartbeat `age_ms` in the past (server clock) for worker `w`.
-async fn age_heartbeat(env: &mut Env, w: &str, age_ms: i64) {
-    let at = env.now_ms().await - age_ms;
-    let p = prefix(Q);
-    let _: () = env
-        .raw
-        .zadd(format!("{p}heartbeats"), w, at)
-        .await
-        .expect("zadd");
-    let _: () = env
-        .raw
-        .hset(format!("{p}worker:{w}"), "heartbeat_at", at)
-        .await
-        .expect("hset");
-}
-
 #[tokio::test]
 async fn a_dead_workers_tasks_go_to_the_living_without_using_attempts() {
     let mut env = Env::start().await;
@@ -38,7 +22,7 @@ async fn a_dead_workers_tasks_go_to_the_living_without_using_attempts() {
     let claimed = env.claim(Q, "old", 1).await;
     assert_eq!(claimed[0].id, a);
     env.register(Q, "new", 2, &[]).await;
-    age_heartbeat(&mut env, "old", 10_000).await;
+    env.age_heartbeat(Q, "old", 10_000).await;
 
     let (dead, back) = env
         .store
@@ -108,7 +92,7 @@ async fn a_recent_heartbeat_is_not_dead() {
     let mut env = Env::start().await;
     env.register(Q, "w", 1, &[]).await;
     env.submit(task(Q, 1)).await;
-    age_heartbeat(&mut env, "w", 2_400).await;
+    env.age_heartbeat(Q, "w", 2_400).await;
     let before = env.snapshot().await;
     let r = env
         .store
@@ -129,7 +113,7 @@ async fn concurrent_recoveries_hand_each_task_back_once() {
     let specs: Vec<_> = (0..8).map(|_| task(Q, 1)).collect();
     env.client.submit_many(&specs).await.expect("submit");
     env.claim(Q, "old", 4).await;
-    age_heartbeat(&mut env, "old", 60_000).await;
+    env.age_heartbeat(Q, "old", 60_000).await;
     let mut calls = Vec::new();
     for _ in 0..8 {
         let url = env.url.clone();
@@ -165,7 +149,7 @@ async fn a_worker_declared_dead_is_fenced_out() {
     let id = env.submit(task(Q, 1)).await;
     let stale = env.claim(Q, "paused", 1).await.remove(0);
     env.register(Q, "other", 1, &[]).await;
-    age_heartbeat(&mut env, "paused", 10_000).await;
+    env.age_heartbeat(Q, "paused", 10_000).await;
     env.store
         .recover_workers(Q, DEAD_AFTER)
         .await
@@ -206,7 +190,7 @@ async fn a_worker_declared_dead_is_fenced_out() {
     env.register(Q, "paused", 1, &[]).await;
     assert!(env.epoch(Q, "paused").await > old_epoch);
     env.finish(Q, "other", &fresh, 0).await;
-    let t = env.store.task(Q, &id).await.expect("read").expect("task");
+    let t = env.task_record(Q, &id).await;
     assert_eq!(
         (t.state, t.worker.as_deref(), t.runs, t.attempts),
         (TaskState::Succeeded, Some("other"), 2, 1)
@@ -281,6 +265,16 @@ async fn the_orphan_sweep_runs_once_per_dead_after_for_the_whole_queue() {
             .expect("recover"),
         (0, 0)
     );
+    let lock_ttl: i64 = redis::cmd("PTTL")
+        .arg(qkey(Q, "sweep:lock"))
+        .query_async(&mut env.raw)
+        .await
+        .expect("pttl");
+    let dead_after_ms = DEAD_AFTER.as_millis() as i64;
+    assert!(
+        0 < lock_ttl && lock_ttl <= dead_after_ms,
+        "sweep lock PTTL {lock_ttl} ms, want 1..={dead_after_ms}"
+    );
     let id = env.submit(task(Q, 1)).await;
     forget_worker(&mut env, "lost").await;
     env.register(Q, "alive", 1, &[]).await;
@@ -293,11 +287,7 @@ async fn the_orphan_sweep_runs_once_per_dead_after_for_the_whole_queue() {
         "no sweep before the period ends"
     );
     // The period ends (the lock expires): the next step, by any worker, sweeps.
-    let _: () = env
-        .raw
-        .del(format!("{}sweep:lock", prefix(Q)))
-        .await
-        .expect("del");
+    let _: () = env.raw.del(qkey(Q, "sweep:lock")).await.expect("del");
     assert_eq!(
         env.store
             .recover_workers(Q, DEAD_AFTER)
@@ -408,12 +398,7 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
         .zadd(format!("{p}running"), &id, past)
         .await
         .expect("zadd");
-    assert!(env
-        .store
-        .heartbeat_worker(Q, "hung", env.epoch(Q, "hung").await)
-        .await
-        .expect("beat")
-        .is_some());
+    assert!(env.beat(Q, "hung").await.is_some());
     assert_eq!(
         env.store
             .recover_workers(Q, DEAD_AFTER)
@@ -423,7 +408,7 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
     );
 
     // The attempt failed; the retry waits in scheduled, the worker's unit is free again.
-    let t = env.store.task(Q, &id).await.expect("read").expect("task");
+    let t = env.task_record(Q, &id).await;
     assert_eq!((t.state, t.attempts), (TaskState::Scheduled, 1));
     assert!(
         t.error
@@ -466,7 +451,7 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
             .expect("recover"),
         (0, 1)
     );
-    let t = env.store.task(Q, &id).await.expect("read").expect("task");
+    let t = env.task_record(Q, &id).await;
     assert_eq!(
         (t.state, t.attempts, t.history.len()),
         (TaskState::Failed, 2, 2)

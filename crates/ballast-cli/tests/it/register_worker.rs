@@ -232,10 +232,7 @@ async fn a_worker_silent_longer_than_dead_after_is_taken_over() {
     let mut env = Env::start().await;
     env.register(Q, "w", 2, &[]).await;
     // Seed: the last heartbeat was ten seconds ago.
-    let old = env.now_ms().await - 10_000;
-    let _: () = redis::AsyncCommands::hset(&mut env.raw, qkey(Q, "worker:w"), "heartbeat_at", old)
-        .await
-        .expect("hset");
+    let old = env.age_heartbeat(Q, "w", 10_000).await;
     env.store
         .register_worker(Q, "w", 5, &[], Duration::from_secs(5))
         .await

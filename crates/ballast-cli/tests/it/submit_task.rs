@@ -65,12 +65,7 @@ async fn stores_the_record_with_every_field() {
     );
 
     // The typed read gives the same record back.
-    let rec = env
-        .store
-        .task(Q, &spec.id)
-        .await
-        .expect("read")
-        .expect("some");
+    let rec = env.task_record(Q, &spec.id).await;
     assert_eq!(rec.state, TaskState::Pending);
     assert_eq!(rec.payload, json!({"size": [640, 480]}));
     assert_eq!(rec.tags, vec!["gpu", "ssd"]);
@@ -105,12 +100,7 @@ async fn a_default_record_leaves_out_what_its_key_and_defaults_tell() {
         ])
     );
     // The typed read fills in the rest.
-    let rec = env
-        .store
-        .task(Q, &spec.id)
-        .await
-        .expect("read")
-        .expect("some");
+    let rec = env.task_record(Q, &spec.id).await;
     assert_eq!((rec.id.as_str(), rec.queue.as_str()), (spec.id.as_str(), Q));
     assert_eq!((rec.priority, rec.attempts, rec.lease), (0, 0, 0));
     assert!(rec.tags.is_empty());
@@ -313,7 +303,7 @@ async fn parked_when_no_worker_could_ever_run_it() {
 }
 
 #[tokio::test]
-async fn duplicate_id_returns_pending_and_changes_nothing() {
+async fn a_duplicate_id_changes_nothing_and_is_told_where_the_task_went() {
     let mut env = Env::start().await;
     env.register(Q, "w1", 2, &[]).await;
     let spec = task(Q, 1);
@@ -323,19 +313,20 @@ async fn duplicate_id_returns_pending_and_changes_nothing() {
     );
     let before = env.snapshot().await;
 
-    // Same id, different everything else: refused silently, nothing written.
+    // Same id, different everything else: nothing written, and the reply tells where the
+    // stored task went (a batch sent again after a lost reply learns what the first did).
     let mut again = TaskSpec::new(Q, "other").cost(2).priority(9);
     again.id = spec.id.clone();
     assert_eq!(
         env.client.submit(&again).await.expect("submit"),
-        Placement::Pending
+        Placement::Assigned("w1".into())
     );
     assert_eq!(
         env.client
             .submit_many(&[again.clone(), spec.clone()])
             .await
             .expect("submit"),
-        vec![Placement::Pending, Placement::Pending]
+        vec![Placement::Assigned("w1".into()); 2]
     );
     assert_eq!(env.snapshot().await, before);
     env.assert_sound(Q).await;

@@ -67,15 +67,15 @@ fn spawn(w: Worker) -> (oneshot::Sender<()>, JoinHandle<ballast::Result<()>>) {
     (tx, handle)
 }
 
+/// Tells a worker started by `spawn` to stop and waits until it has ended cleanly.
+async fn stop_worker(stop: oneshot::Sender<()>, run: JoinHandle<ballast::Result<()>>) {
+    stop.send(()).expect("stop");
+    run.await.expect("join").expect("run");
+}
+
 async fn wait_running(env: &Env, id: &str) {
     eventually(&format!("task {id} runs"), WAIT, || async move {
-        env.store
-            .task("q", id)
-            .await
-            .expect("read")
-            .expect("task")
-            .state
-            == TaskState::Running
+        env.task_record("q", id).await.state == TaskState::Running
     })
     .await;
 }
@@ -142,8 +142,7 @@ async fn handlers_get_typed_payloads_and_outcomes_are_recorded() {
     assert!(r
         .iter()
         .all(|t| t.attempts == 1 && t.worker.as_deref() == Some("w")));
-    stop.send(()).expect("stop");
-    run.await.expect("join").expect("run");
+    stop_worker(stop, run).await;
     env.assert_sound("q").await;
 }
 
@@ -186,8 +185,7 @@ async fn a_worker_never_runs_more_cost_than_its_capacity() {
         (1..=3).contains(&peak),
         "ran {peak} units at once on capacity 3"
     );
-    stop.send(()).expect("stop");
-    run.await.expect("join").expect("run");
+    stop_worker(stop, run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,20 +194,14 @@ async fn heartbeats_advance_on_the_redis_clock() {
     let (stop, run) = spawn(worker(&env.store, "w", 1));
     wait_registered(&env, "w").await;
     let first = env.store.workers("q").await.expect("workers")[0].heartbeat_at;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = env.store.workers("q").await.expect("workers")[0].heartbeat_at;
-        if now > first {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no heartbeat within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.send(()).expect("stop");
-    run.await.expect("join").expect("run");
+    let store = &env.store;
+    eventually(
+        "a later heartbeat is recorded",
+        Duration::from_secs(10),
+        || async move { store.workers("q").await.expect("workers")[0].heartbeat_at > first },
+    )
+    .await;
+    stop_worker(stop, run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,23 +242,13 @@ async fn shutdown_finishes_running_work_then_leaves() {
         ballast::Placement::Pending
     );
     assert_eq!(
-        env.store
-            .task("q", &second.id)
-            .await
-            .expect("r")
-            .expect("t")
-            .state,
+        env.task_record("q", &second.id).await.state,
         TaskState::Pending
     );
     release.notify_one();
     run.await.expect("join").expect("run");
 
-    let done = env
-        .store
-        .task("q", &first.id)
-        .await
-        .expect("read")
-        .expect("task");
+    let done = env.task_record("q", &first.id).await;
     assert_eq!(
         (done.state, done.result),
         (TaskState::Succeeded, Some(json!("done")))
@@ -289,8 +271,7 @@ async fn shutdown_finishes_running_work_then_leaves() {
         (t.state, t.worker.as_deref()),
         (TaskState::Succeeded, Some("b"))
     );
-    stop_b.send(()).expect("stop");
-    run_b.await.expect("join").expect("run");
+    stop_worker(stop_b, run_b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -305,21 +286,14 @@ async fn a_worker_keeps_beating_through_its_grace_period() {
     wait_running(&env, &spec.id).await;
     let (stop_b, run_b) = spawn(worker(&env.store, "b", 1));
     wait_registered(&env, "b").await;
-    stop_a.send(()).expect("stop");
-    run_a.await.expect("join").expect("run");
-    let t = env
-        .store
-        .task("q", &spec.id)
-        .await
-        .expect("read")
-        .expect("task");
+    stop_worker(stop_a, run_a).await;
+    let t = env.task_record("q", &spec.id).await;
     assert_eq!(
         (t.state, t.runs, t.worker.as_deref()),
         (TaskState::Succeeded, 1, Some("a")),
         "declared dead while finishing: {t:?}"
     );
-    stop_b.send(()).expect("stop");
-    run_b.await.expect("join").expect("run");
+    stop_worker(stop_b, run_b).await;
 }
 
 #[tokio::test]
@@ -453,8 +427,7 @@ async fn failed_attempts_are_retried_with_growing_backoff_then_dead_lettered() {
         (again.state, again.attempts, again.history.len()),
         (TaskState::Failed, 3, 6)
     );
-    stop.send(()).expect("stop");
-    run.await.expect("join").expect("run");
+    stop_worker(stop, run).await;
     env.assert_sound("q").await;
 }
 
@@ -489,8 +462,7 @@ async fn a_timeout_is_a_failed_attempt_and_a_permanent_error_is_not_retried() {
         (r[1].state, r[1].attempts, r[1].error.as_deref()),
         (TaskState::Failed, 1, Some("no on attempt 1"))
     );
-    stop.send(()).expect("stop");
-    run.await.expect("join").expect("run");
+    stop_worker(stop, run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,12 +476,7 @@ async fn a_delayed_task_starts_no_earlier_than_its_time() {
         env.client.submit(&spec).await.expect("submit"),
         ballast::Placement::Scheduled
     );
-    let t = env
-        .store
-        .task("q", &spec.id)
-        .await
-        .expect("read")
-        .expect("task");
+    let t = env.task_record("q", &spec.id).await;
     assert_eq!(
         (t.state, t.run_at),
         (TaskState::Scheduled, Some(t.submitted_at + 300))
@@ -521,8 +488,7 @@ async fn a_delayed_task_starts_no_earlier_than_its_time() {
         .expect("done");
     assert_eq!(t.state, TaskState::Succeeded);
     assert!(t.started_at.expect("started") - t.submitted_at >= 300);
-    stop.send(()).expect("stop");
-    run.await.expect("join").expect("run");
+    stop_worker(stop, run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,8 +521,7 @@ async fn scheduling_a_task_wakes_an_idle_promotion_loop() {
         .await
         .expect("promoted long before the idle wait ends");
     assert_eq!((t.state, t.result), (TaskState::Succeeded, Some(json!(5))));
-    stop.send(()).expect("stop");
-    run.await.expect("join").expect("run");
+    stop_worker(stop, run).await;
 }
 
 #[test]
@@ -606,8 +571,7 @@ async fn a_running_task_cancelled_on_request_stops_and_frees_its_worker() {
         .await
         .expect("next");
     assert_eq!(n.state, TaskState::Succeeded);
-    stop.send(()).expect("stop");
-    run.await.expect("join").expect("run");
+    stop_worker(stop, run).await;
     env.assert_sound("q").await;
 }
 
@@ -637,14 +601,8 @@ async fn after_the_grace_period_unfinished_work_is_handed_back_without_using_an_
     let hang = TaskSpec::new("q", "hang");
     env.client.submit(&hang).await.expect("submit");
     wait_running(&env, &hang.id).await;
-    stop.send(()).expect("stop");
-    run.await.expect("join").expect("run");
-    let t = env
-        .store
-        .task("q", &hang.id)
-        .await
-        .expect("read")
-        .expect("task");
+    stop_worker(stop, run).await;
+    let t = env.task_record("q", &hang.id).await;
     assert_eq!(
         (t.state, t.attempts, t.runs, t.requeues),
         (TaskState::Pending, 0, 1, 1)
@@ -675,12 +633,7 @@ async fn a_worker_shuts_down_without_redis_and_its_task_is_not_lost() {
         .expect("run");
     // Nothing is lost: the task is still the worker's, and recovery hands it back.
     env.restart_redis();
-    let t = env
-        .store
-        .task("q", &nap.id)
-        .await
-        .expect("read")
-        .expect("task");
+    let t = env.task_record("q", &nap.id).await;
     assert_eq!(
         (t.state, t.worker.as_deref()),
         (TaskState::Running, Some("w"))
@@ -689,12 +642,7 @@ async fn a_worker_shuts_down_without_redis_and_its_task_is_not_lost() {
         .recover_workers("q", Duration::ZERO)
         .await
         .expect("recover");
-    let t = env
-        .store
-        .task("q", &nap.id)
-        .await
-        .expect("read")
-        .expect("task");
+    let t = env.task_record("q", &nap.id).await;
     assert_eq!((t.state, t.attempts), (TaskState::Pending, 0));
     env.assert_sound("q").await;
 }

@@ -36,7 +36,7 @@ fn placement(r: &[String]) -> Result<Placement> {
         Some("assigned") => Ok(Placement::Assigned(r.get(1).cloned().unwrap_or_default())),
         Some("parked") => Ok(Placement::Parked),
         Some("scheduled") => Ok(Placement::Scheduled),
-        Some("pending" | "exists") => Ok(Placement::Pending),
+        Some("pending") => Ok(Placement::Pending),
         _ => Err(Error::Corrupt(format!("submit replied {r:?}"))),
     }
 }
@@ -467,7 +467,8 @@ impl Store {
         Ok(pubsub)
     }
 
-    /// Stores a checked task and places it. `submit_tasks` does many in one round trip.
+    /// Stores a checked task and places it. An id already stored is left as it is, and its
+    /// placement told as it stands. [`Store::submit_tasks`] does many in one round trip.
     pub async fn submit_task(&self, spec: &TaskSpec, checked: &Checked) -> Result<Placement> {
         self.again(|| self.submit_task_once(spec, checked)).await
     }
@@ -485,8 +486,9 @@ impl Store {
     }
 
     /// Stores many checked tasks, a function call per run of tasks of one queue (1,000 at
-    /// most), then places them. A task whose id is already stored is left as it is (a
-    /// retried batch is harmless).
+    /// most), then places them. A task whose id is already stored is left as it is and its
+    /// placement told as it stands: a batch sent again after its reply was lost submits
+    /// nothing twice and reports what the first call did.
     pub async fn submit_tasks(&self, tasks: &[(&TaskSpec, &Checked)]) -> Result<Vec<Placement>> {
         self.again(|| self.submit_tasks_once(tasks)).await
     }

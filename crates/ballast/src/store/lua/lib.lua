@@ -889,8 +889,19 @@ local function finish_done(w, b, now)
   return state or redis.call('HGET', worker_key(w), 'state')
 end
 
+-- Where a task already stored went, told to a submit that repeats its id (a batch sent
+-- again after its reply was lost): "assigned" and the worker once it has had one, else
+-- "scheduled", "parked" or "pending".
+local function existing_placement(id)
+  local h = redis.call('HMGET', task_key(id), 'state', 'worker')
+  if h[2] and h[2] ~= '' then return 'assigned', h[2] end
+  if h[1] == 'scheduled' then return 'scheduled', '' end
+  if redis.call('ZSCORE', key('parked'), id) then return 'parked', '' end
+  return 'pending', ''
+end
+
 -- Store one submitted task (ARGV-style strings). Returns "exists" when the id is taken
--- (nothing written), "scheduled" when its time is ahead, or nil and the task's order:
+-- (nothing written; existing_placement() tells where it went), "scheduled" when its time is ahead, or nil and the task's order:
 -- pending, to be placed and then told with submitted_placements().
 local function submit_one(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms,
                           delay, not_before, now, b, seq)

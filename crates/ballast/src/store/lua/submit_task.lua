@@ -13,16 +13,22 @@
 -- ARGV[10] int     delay in milliseconds from now (Redis clock), 0 for none
 -- ARGV[11] int     not before this time (ms since the epoch), 0 for none
 --
+-- submit_tasks.lua does the same for many tasks. A single submit has a function of its
+-- own because a batch's bookkeeping (its tables and the batched index writes) costs more
+-- than a third again of this whole call when the batch holds one task.
+--
 -- A task with a time still ahead waits in P .. 'scheduled' until promote_tasks.lua brings
--- it to pending.
--- Returns {"assigned", worker} | {"pending"} | {"parked"} | {"scheduled"}, or {"exists"}
--- when the id is taken (so a retried batch does not submit twice).
+-- it to pending. An id already stored is left as it is (a submit sent again after its reply
+-- was lost does not submit twice) and told where it went.
+-- Returns {placement, worker}: "assigned" and the worker, or "pending", "parked" or
+-- "scheduled" and "".
 
 local now = now_ms()
 local status, order = submit_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7],
   ARGV[8], ARGV[9], ARGV[10] or '0', ARGV[11] or '0', now)
-if status then return { status } end
+if status == 'exists' then return { existing_placement(ARGV[2]) } end
+if status then return { status, '' } end
 local got = {}
 place(now, nil, got)
 local placed = submitted_placements({ ARGV[2] }, { ARGV[6] }, { ARGV[7] }, { order }, got)[1]
-return { placed, got[ARGV[2]] or nil }
+return { placed, got[ARGV[2]] or '' }

@@ -1,19 +1,24 @@
--- submit_tasks.lua: submit_task.lua for a batch of tasks of one queue: each is stored, then
--- one placement pass places what fits, so a batch shares the fixed cost of a call and of
--- a placement.
+-- submit_tasks.lua: store new tasks of one queue, then place them (and anything else that
+-- now fits) in one placement pass, so a batch shares the fixed cost of a call and of a
+-- placement (submit_task.lua is the cheaper call for one task).
 --
 -- KEYS[1] zset    P .. 'pending' (routes the call on Cluster)
 -- ARGV[1] string  queue prefix P = "ballast:{queue}:"
 -- ARGV[2] int     S, how many task shapes follow
--- then S shapes of eight: kind, priority, cost, tags, max attempts, timeout ms, delay ms,
---                 not-before ms (as submit_task.lua takes them)
--- then three per task: id, payload, the number (1..S) of its shape
+-- then S shapes of eight: kind (handler name); priority, -1000..1000; cost, >= 1; required
+--                 tags, sorted and comma-joined ("" for none); max attempts; timeout ms;
+--                 delay ms from now (Redis clock); not before this time (ms since the
+--                 epoch; 0 for none)
+-- then three per task: id, payload (JSON text), the number (1..S) of its shape
 --
 -- The tasks of a batch mostly share everything but their id and payload: each shape is
 -- sent once, and Redis turns three arguments per task into Lua values instead of ten.
+-- A task with a time still ahead waits in P .. 'scheduled' until promote_tasks.lua brings
+-- it to pending. An id already stored is left as it is (a batch sent again does not
+-- submit twice) and told where it went.
 --
--- Returns two strings per task, flat: the placement ("assigned", "pending", "parked",
--- "scheduled" or "exists", as submit_task.lua's) and the worker ("" unless assigned).
+-- Returns two strings per task, flat: the placement ("assigned", "pending", "parked" or
+-- "scheduled") and the worker ("" unless assigned).
 
 local now = now_ms()
 local shapes = {}
@@ -29,9 +34,13 @@ for i = 3 + #shapes * 8, #ARGV, 3 do
   local id, payload, t = ARGV[i], ARGV[i + 1], shapes[num(ARGV[i + 2])]
   local status, order = submit_one(id, t[1], payload, t[2], t[3], t[4], t[5], t[6], t[7], t[8],
     now, b, seq + 1)
-  if status ~= 'exists' then seq = seq + 1 end
   local r = #replies + 1
-  replies[r], replies[r + 1] = status or 'pending', ''
+  if status == 'exists' then
+    replies[r], replies[r + 1] = existing_placement(id)
+  else
+    seq = seq + 1
+    replies[r], replies[r + 1] = status or 'pending', ''
+  end
   if not status then
     local k = #ids + 1
     ids[k], costs[k], tags[k], orders[k], slot[k] = id, t[3], t[4], order, r
