@@ -432,3 +432,34 @@ async fn blocked_tasks_of_one_shape_use_no_look_ahead_but_the_scan_is_bounded() 
     );
     env.assert_sound(Q).await;
 }
+
+#[tokio::test]
+async fn only_the_bench_build_reads_a_bench_policy() {
+    let mut env = Env::start().await;
+    // A production handle refuses to set a policy, and writes nothing.
+    let e = env
+        .store
+        .set_bench_policy(Q, Some("round-robin"), 1)
+        .await
+        .expect_err("a production handle");
+    assert!(e.to_string().contains("Store::for_bench"), "{e}");
+    assert!(env.keys().await.is_empty());
+    let bench = env.store.for_bench();
+    bench
+        .set_bench_policy(Q, Some("round-robin"), 1)
+        .await
+        .expect("a bench handle");
+    env.register(Q, "big", 8, &[]).await;
+    env.register(Q, "small", 1, &[]).await;
+    // The production build places by free capacity whatever the key says: both on `big`.
+    for _ in 0..2 {
+        assert_eq!(put(&env, task(Q, 1)).await.1, on("big"));
+    }
+    // The bench build follows the policy: round-robin over the sorted workers.
+    let bench = ballast::Client::new(bench);
+    let placed = [
+        bench.submit(&task(Q, 1)).await.expect("submit"),
+        bench.submit(&task(Q, 1)).await.expect("submit"),
+    ];
+    assert_eq!(placed, [on("small"), on("big")]);
+}

@@ -74,36 +74,66 @@ struct Library {
 /// Where the library's name goes in its text before the text is hashed.
 const NAME: &str = "{NAME}";
 
-static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let mut code = format!("#!lua name={NAME}\n{LIB}\n");
-    for f in ALL {
-        // A body sees the call's keys and arguments as KEYS and ARGV, as a script would;
-        // the shared code reads the queue prefix, ARGV[1], from P.
-        code.push_str(&format!(
-            "redis.register_function('{NAME}_{}', function(KEYS, ARGV)\n\
-             P = ARGV[1]\nsmall_numbers()\n{}\nend)\n",
-            f.name, f.body
-        ));
+/// Which build of the library a store calls. The bench build also honours a queue's
+/// bench-only placement policy (`ballast bench` runs its baselines on the same code); the
+/// production build never reads the policy, so no call pays for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Build {
+    Production,
+    Bench,
+}
+
+static LIBRARY: LazyLock<Library> = LazyLock::new(|| Library::build(false));
+static BENCH_LIBRARY: LazyLock<Library> = LazyLock::new(|| Library::build(true));
+
+impl Build {
+    fn library(self) -> &'static Library {
+        match self {
+            Build::Production => &LIBRARY,
+            Build::Bench => &BENCH_LIBRARY,
+        }
     }
-    // The SHA1 Redis would give the whole text; 12 hex digits tell versions apart.
-    let hash = redis::Script::new(&code).get_hash()[..12].to_string();
-    let name = format!("ballast_{hash}");
-    Library {
-        code: code.replace(NAME, &name),
-        names: ALL
-            .iter()
-            .map(|f| (f.name, format!("{name}_{}", f.name)))
-            .collect(),
+}
+
+impl Library {
+    /// The library's text and names; `bench` sets lib.lua's BENCH.
+    fn build(bench: bool) -> Library {
+        let mut code = format!("#!lua name={NAME}\nlocal BENCH = {bench}\n{LIB}\n");
+        for f in ALL {
+            // A body sees the call's keys and arguments as KEYS and ARGV, as a script
+            // would; the shared code reads the queue prefix, ARGV[1], from P.
+            code.push_str(&format!(
+                "redis.register_function('{NAME}_{}', function(KEYS, ARGV)\n\
+                 P = ARGV[1]\nsmall_numbers()\n{}\nend)\n",
+                f.name, f.body
+            ));
+        }
+        // The SHA1 Redis would give the whole text; 12 hex digits tell versions apart.
+        let hash = redis::Script::new(&code).get_hash()[..12].to_string();
+        let name = format!("ballast_{hash}");
+        Library {
+            code: code.replace(NAME, &name),
+            names: ALL
+                .iter()
+                .map(|f| (f.name, format!("{name}_{}", f.name)))
+                .collect(),
+        }
     }
-});
+}
 
 impl Function {
     /// A call of this function with its one key (every ballast function takes one, under
     /// the queue's hash tag, so that Cluster routes the call).
-    pub(crate) fn key<K: ToRedisArgs>(&self, key: K) -> Call {
+    /// `build`: the library build the store calls.
+    pub(crate) fn key<K: ToRedisArgs>(&self, build: Build, key: K) -> Call {
+        let library = build.library();
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg(&LIBRARY.names[self.name]).arg(1).arg(key);
-        Call { cmd, before: None }
+        cmd.arg(&library.names[self.name]).arg(1).arg(key);
+        Call {
+            cmd,
+            before: None,
+            library,
+        }
     }
 }
 
@@ -112,6 +142,8 @@ pub(crate) struct Call {
     cmd: Cmd,
     /// A command sent just before the call, in the same round trip.
     before: Option<Cmd>,
+    /// The library the function is in, loaded if Redis lacks it.
+    library: &'static Library,
 }
 
 impl Call {
@@ -134,7 +166,7 @@ impl Call {
     ) -> RedisResult<T> {
         match self.query(conn).await {
             Err(e) if function_missing(&e) => {
-                load(conn).await?;
+                load(conn, self.library).await?;
                 self.query(conn).await
             }
             Err(e) if e.to_string().contains("unknown command") => Err(RedisError::from((
@@ -169,10 +201,10 @@ fn function_missing(e: &RedisError) -> bool {
 }
 
 /// Loads the library; another client loading it at the same moment is not an error.
-async fn load(conn: &mut impl ConnectionLike) -> RedisResult<()> {
+async fn load(conn: &mut impl ConnectionLike, library: &Library) -> RedisResult<()> {
     let loaded: RedisResult<String> = redis::cmd("FUNCTION")
         .arg("LOAD")
-        .arg(&LIBRARY.code)
+        .arg(&library.code)
         .query_async(conn)
         .await;
     match loaded {
@@ -187,16 +219,22 @@ mod tests {
 
     #[test]
     fn the_name_is_the_hash_of_the_whole_text() {
-        let lib = &*LIBRARY;
-        let name = lib.code["#!lua name=".len()..].lines().next().unwrap_or("");
-        // Hashed with the name left out: bodies, shared code, function names and wrappers.
-        let text = lib.code.replace(name, NAME);
-        assert_eq!(
-            &redis::Script::new(&text).get_hash()[..12],
-            name.trim_start_matches("ballast_")
-        );
-        for f in ALL {
-            assert_eq!(lib.names[f.name], format!("{name}_{}", f.name));
+        for build in [Build::Production, Build::Bench] {
+            let lib = build.library();
+            let name = lib.code["#!lua name=".len()..].lines().next().unwrap_or("");
+            // Hashed with the name left out: bodies, shared code, function names, wrappers.
+            let text = lib.code.replace(name, NAME);
+            assert_eq!(
+                &redis::Script::new(&text).get_hash()[..12],
+                name.trim_start_matches("ballast_")
+            );
+            for f in ALL {
+                assert_eq!(lib.names[f.name], format!("{name}_{}", f.name));
+            }
         }
+        // The two builds are two libraries, and only the bench build reads the policy.
+        assert_ne!(LIBRARY.names, BENCH_LIBRARY.names);
+        assert!(LIBRARY.code.contains("\nlocal BENCH = false\n"));
+        assert!(BENCH_LIBRARY.code.contains("\nlocal BENCH = true\n"));
     }
 }

@@ -15,14 +15,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncCommands, AsyncConnectionConfig};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Result};
 use crate::job::{JobHeader, JobRecord};
 use crate::task::{Checked, TaskRecord, TaskSpec, TaskState};
 
 mod library;
 
 use library::{
-    Call, Function, CANCEL_JOB, CANCEL_TASK, CLAIM_TASKS, FINISH_TASKS, HEARTBEAT_WORKER,
+    Build, Call, Function, CANCEL_JOB, CANCEL_TASK, CLAIM_TASKS, FINISH_TASKS, HEARTBEAT_WORKER,
     LEAVE_WORKER, PROMOTE_TASKS, PURGE_DEAD, RECOVER_WORKERS, REGISTER_WORKER, RESYNC_WORKER,
     RETRY_DEAD, SUBMIT_JOB, SUBMIT_TASK, SUBMIT_TASKS,
 };
@@ -330,6 +330,8 @@ fn state_key(p: &str, state: TaskState) -> String {
 pub struct Store {
     client: redis::Client,
     conn: ConnectionManager,
+    /// The library build this handle calls (see [`Store::for_bench`]).
+    build: Build,
 }
 
 impl std::fmt::Debug for Store {
@@ -347,7 +349,11 @@ impl Store {
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_connection_timeout(Some(Duration::from_secs(5)));
         let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
-        Ok(Store { client, conn })
+        Ok(Store {
+            client,
+            conn,
+            build: Build::Production,
+        })
     }
 
     /// Refuses a Redis that evicts keys under memory pressure: an evicted task record or
@@ -388,15 +394,33 @@ impl Store {
         Ok(())
     }
 
-    /// For benchmarks only: places the queue's tasks with a baseline policy instead of
-    /// ballast's (`count`, `safe` with `unit` = the largest cost, `round-robin`, `random`),
-    /// or with ballast's again when `policy` is `None`. Baselines may oversubscribe workers.
+    /// For benchmarks only: this handle, calling the bench build of the function library,
+    /// which honours [`Store::set_bench_policy`]. Placement there reads the queue's policy
+    /// first; the production build never does.
+    pub fn for_bench(&self) -> Store {
+        Store {
+            build: Build::Bench,
+            ..self.clone()
+        }
+    }
+
+    /// For benchmarks only, on a [`Store::for_bench`] handle: places the queue's tasks with
+    /// a baseline policy instead of ballast's (`count`, `safe` with `unit` = the largest
+    /// cost, `round-robin`, `random`), or with ballast's again when `policy` is `None`.
+    /// Baselines may oversubscribe workers.
     pub async fn set_bench_policy(
         &self,
         queue: &str,
         policy: Option<&str>,
         unit: i64,
     ) -> Result<()> {
+        if self.build != Build::Bench {
+            return Err(Invalid::new(
+                "policy",
+                "a bench policy needs a handle from Store::for_bench",
+            )
+            .into());
+        }
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         match policy {
@@ -476,7 +500,7 @@ impl Store {
     async fn submit_task_once(&self, spec: &TaskSpec, checked: &Checked) -> Result<Placement> {
         let mut conn = self.conn.clone();
         let p = prefix(&spec.queue);
-        let mut call = SUBMIT_TASK.key(format!("{p}task:{}", spec.id));
+        let mut call = SUBMIT_TASK.key(self.build, format!("{p}task:{}", spec.id));
         call.after(Store::remember_queue(&spec.queue));
         call.arg(&p).arg(&spec.id);
         call.arg(&spec.kind).arg(&checked.payload);
@@ -512,7 +536,7 @@ impl Store {
                     });
                     shape_of.push(n);
                 }
-                let mut call = SUBMIT_TASKS.key(format!("{p}pending"));
+                let mut call = SUBMIT_TASKS.key(self.build, format!("{p}pending"));
                 call.after(Store::remember_queue(queue));
                 call.arg(&p).arg(shapes.len());
                 for shape in &shapes {
@@ -735,7 +759,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let reply: Vec<String> = REGISTER_WORKER
-            .key(format!("{p}worker:{worker}"))
+            .key(self.build, format!("{p}worker:{worker}"))
             .after(Store::remember_queue(queue))
             .arg(&p)
             .arg(worker)
@@ -767,7 +791,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let mut reply: Vec<String> = HEARTBEAT_WORKER
-            .key(format!("{p}worker:{worker}"))
+            .key(self.build, format!("{p}worker:{worker}"))
             .arg(&p)
             .arg(worker)
             .arg(epoch)
@@ -822,7 +846,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let rows: Vec<Vec<String>> = CLAIM_TASKS
-            .key(format!("{p}worker:{worker}:inbox"))
+            .key(self.build, format!("{p}worker:{worker}:inbox"))
             .arg(&p)
             .arg(worker)
             .arg(epoch)
@@ -846,7 +870,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let rows: Vec<Vec<String>> = RESYNC_WORKER
-            .key(format!("{p}worker:{worker}:tasks"))
+            .key(self.build, format!("{p}worker:{worker}:tasks"))
             .arg(&p)
             .arg(worker)
             .arg(epoch)
@@ -892,7 +916,7 @@ impl Store {
     ) -> Result<(Vec<bool>, Vec<ClaimedTask>)> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let mut call = FINISH_TASKS.key(format!("{p}worker:{worker}"));
+        let mut call = FINISH_TASKS.key(self.build, format!("{p}worker:{worker}"));
         call.arg(&p).arg(worker).arg(epoch).arg(claim_max);
         for (task, outcome) in reports {
             let (state, body, delay) = outcome_args(outcome);
@@ -922,7 +946,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let back: i64 = LEAVE_WORKER
-            .key(format!("{p}worker:{worker}"))
+            .key(self.build, format!("{p}worker:{worker}"))
             .arg(&p)
             .arg(worker)
             .arg(epoch)
@@ -944,7 +968,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let (dead, back): (u64, u64) = RECOVER_WORKERS
-            .key(format!("{p}heartbeats"))
+            .key(self.build, format!("{p}heartbeats"))
             .arg(&p)
             .arg(ms(dead_after))
             .arg(100)
@@ -960,7 +984,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let (moved, next_ms): (u64, i64) = PROMOTE_TASKS
-            .key(format!("{p}scheduled"))
+            .key(self.build, format!("{p}scheduled"))
             .arg(&p)
             .arg(1000)
             .invoke_async(&mut conn)
@@ -974,7 +998,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let reply: Vec<String> = CANCEL_TASK
-            .key(format!("{p}task:{id}"))
+            .key(self.build, format!("{p}task:{id}"))
             .arg(&p)
             .arg(id)
             .invoke_async(&mut conn)
@@ -1024,7 +1048,7 @@ impl Store {
         let p = prefix(&h.queue);
         let mut conn = self.conn.clone();
         let reply: Vec<String> = SUBMIT_JOB
-            .key(format!("{p}job:{}", h.id))
+            .key(self.build, format!("{p}job:{}", h.id))
             .arg(&p)
             .arg(&h.id)
             .arg(&h.queue)
@@ -1125,7 +1149,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let reply: Vec<String> = CANCEL_JOB
-            .key(format!("{p}job:{id}"))
+            .key(self.build, format!("{p}job:{id}"))
             .arg(&p)
             .arg(id)
             .invoke_async(&mut conn)
@@ -1163,7 +1187,7 @@ impl Store {
         let mut n = 0;
         for chunk in ids.chunks(1000) {
             let done: u64 = function
-                .key(format!("{p}failed"))
+                .key(self.build, format!("{p}failed"))
                 .arg(&p)
                 .arg(chunk)
                 .invoke_async(&mut conn)

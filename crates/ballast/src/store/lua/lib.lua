@@ -384,7 +384,9 @@ local function save_ticks(t)
 end
 
 -- Baseline policies, for `ballast bench` only (a queue gets one by setting P .. 'policy'):
--- they place with the same code paths so that the comparison with place() is fair.
+-- they place with the same code paths so that the comparison with place() is fair. Only the
+-- bench build of the library reads the policy: store/library.rs sets BENCH, true there and
+-- false in the build every other caller uses.
 --   count: a worker takes tasks while it holds fewer than `capacity` of them (a pull with
 --          concurrency = capacity: cost ignored);
 --   safe:  the same with concurrency = floor(capacity / P .. 'policy_unit') (the largest
@@ -456,8 +458,10 @@ end
 -- got[id] = false for every task parked.
 -- Returns the number of tasks placed.
 local function place(now, me, got)
-  local policy = redis.call('GET', key('policy'))
-  if policy then return place_baseline(policy, now, got) end
+  if BENCH then
+    local policy = redis.call('GET', key('policy'))
+    if policy then return place_baseline(policy, now, got) end
+  end
   -- No worker has room: the usual state during a burst of submits, so it costs one read.
   local top = max_free()
   if top == 0 then return 0 end
