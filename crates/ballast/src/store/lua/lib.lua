@@ -634,6 +634,13 @@ local function settle(id, state, field, body, now, b, job)
   job_task_settled(id, state, body, now, job)
 end
 
+-- Writes batch b, then trims the finished sets that its settled tasks grew.
+local function flush_settled(b, now)
+  flush_batch(b)
+  for settled, count in pairs(b.settled) do trim_finished(settled, now, count) end
+  b.settled = {}
+end
+
 -- Make task `id` scheduled, to run at `due` (ms; `err`, when given, is the error the retry
 -- follows), and wake a promotion loop: they wait on P .. 'wake' (a blocking pop)
 -- rather than poll, so a task scheduled while they sleep is not missed. The list holds one
@@ -682,8 +689,9 @@ end
 
 -- Cancel a task that has not ended: at once when it has not started (the caller calls
 -- place() if it freed an assigned task's cost), by a request to its worker when it runs.
--- Returns "cancelled", "requested", or "final" when it had already ended.
-local function cancel(id, now)
+-- `b` and `job` as settle() takes them. Returns "cancelled", "requested", or "final" when
+-- it had already ended.
+local function cancel(id, now, b, job)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'state', 'worker', 'cost')
   local state, w = h[1], h[2]
@@ -702,7 +710,7 @@ local function cancel(id, now)
   else
     return 'final'
   end
-  settle(id, 'cancelled', 'error', 'cancelled before it started', now)
+  settle(id, 'cancelled', 'error', 'cancelled before it started', now, b, job)
   return 'cancelled'
 end
 
@@ -715,7 +723,13 @@ local function end_job(jid, state, field, body, now)
   redis.call('HSET', jk, 'state', state, field, body, 'finished_at', ts(now))
   redis.call('DEL', jk .. ':results')
   redis.call('ZADD', key('jobs:done'), ts(now), jid)
-  for _, tid in ipairs(redis.call('LRANGE', jk .. ':tasks', 0, -1)) do cancel(tid, now) end
+  -- One batch for all its tasks: one index write, one event and one trim, however many.
+  -- They belong to a job that has ended, which their ends no longer change.
+  local b = new_batch()
+  for _, tid in ipairs(redis.call('LRANGE', jk .. ':tasks', 0, -1)) do
+    cancel(tid, now, b, NO_JOB)
+  end
+  flush_settled(b, now)
   redis.call('PUBLISH', key('events'), 'job:' .. jid)
 end
 
@@ -728,7 +742,8 @@ job_task_settled = function(id, state, body, now, job)
   local jid, chunk = j[1], j[2]
   if not jid then return end
   local jk = job_key(jid)
-  local js = redis.call('HMGET', jk, 'state', 'reduce_task')
+  local js = redis.call('HMGET', jk, 'state', 'reduce_task', 'done', 'failed', 'total',
+    'tolerate')
   if js[2] == id then
     if state == 'succeeded' then
       end_job(jid, 'succeeded', 'result', body, now)
@@ -738,23 +753,23 @@ job_task_settled = function(id, state, body, now, job)
     return
   end
   if js[1] ~= 'running' then return end
+  local done, failed, total = tonumber(js[3]), tonumber(js[4]), tonumber(js[5])
   if state == 'succeeded' then
     redis.call('HSET', jk .. ':results', chunk, body)
-    redis.call('HINCRBY', jk, 'done', 1)
+    done = redis.call('HINCRBY', jk, 'done', 1)
   else
-    local failed = redis.call('HINCRBY', jk, 'failed', 1)
+    failed = redis.call('HINCRBY', jk, 'failed', 1)
     redis.call('HSETNX', jk, 'first_failed_chunk', chunk)
-    if failed > tonumber(redis.call('HGET', jk, 'tolerate')) then
+    if failed > tonumber(js[6]) then
       end_job(jid, 'failed', 'error', 'chunk ' .. chunk .. ' ' .. state .. ': ' .. body, now)
       return
     end
   end
-  local h = redis.call('HMGET', jk, 'done', 'failed', 'total')
-  if tonumber(h[1]) + tonumber(h[2]) < tonumber(h[3]) then return end
+  if done + failed < total then return end
   local r = redis.call('HMGET', jk, 'reduce_kind', 'priority', 'reduce_cost', 'tags',
     'max_attempts', 'timeout_ms')
   local rid = jid .. '-reduce'
-  new_task(rid, r[1], cjson.encode({ job = jid, chunks = tonumber(h[3]) }), r[2], r[3], r[4],
+  new_task(rid, r[1], cjson.encode({ job = jid, chunks = total }), r[2], r[3], r[4],
     r[5], r[6], now, now, { 'job', jid, 'role', 'reduce' })
   redis.call('HSET', jk, 'state', 'reducing', 'reduce_task', rid)
   redis.call('RPUSH', jk .. ':tasks', rid)
@@ -832,6 +847,28 @@ local function claim(w, given, max, now)
   return out
 end
 
+-- An attempt of task `id` on worker w ended without success, and the task is already out of
+-- its state index: `outcome` is "retry", "failed" or "cancelled", `err` its message. A task
+-- asked to stop (`cancel_requested`) does not run again: a retry (the handler failed, or was
+-- stopped without the worker knowing why) ends it cancelled. A retry with no attempts left
+-- is the task's last failure; one with attempts left waits in scheduled until `retry_at`.
+-- The attempt goes to the history (read here: only these outcomes need it). `b` and `job`
+-- as settle() takes them.
+local function end_attempt(id, w, outcome, err, retry_at, now, cancel_requested, b, job)
+  local tk = task_key(id)
+  if cancel_requested and outcome == 'retry' then outcome = 'cancelled' end
+  local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history')
+  local attempts = tonumber(r[1])
+  if outcome == 'retry' and attempts >= tonumber(r[2]) then outcome = 'failed' end
+  append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(r[3]),
+    finished_at = now, outcome = outcome, error = err }, r[4])
+  if outcome == 'retry' then
+    schedule(id, retry_at, err)
+  else
+    settle(id, outcome, 'error', err, now, b, job)
+  end
+end
+
 -- Record how one attempt of task `id` on worker w ended (see finish_tasks.lua for the
 -- outcomes; `delay`: the retry delay in ms, as text) and settle or reschedule it; its index
 -- changes and the cost it frees go to batch b. Returns whether it was recorded: false,
@@ -843,9 +880,6 @@ local function finish_one(w, id, lease, outcome, body, delay, now, b)
   local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'job', 'chunk',
     'cancel_requested')
   if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return false end
-  -- A task asked to stop does not run again: a retry (the handler failed, or was stopped
-  -- without the worker knowing why) ends it as cancelled.
-  if h[7] and outcome == 'retry' then outcome = 'cancelled' end
   later(b, 'zrem', key('running'), id)
   later(b, 'srem', held_key(w), id)
   b.done[#b.done + 1] = id
@@ -853,21 +887,8 @@ local function finish_one(w, id, lease, outcome, body, delay, now, b)
   local job = h[5] and { h[5], h[6] } or NO_JOB
   if outcome == 'succeeded' then
     settle(id, 'succeeded', 'result', body, now, b, job)
-    return true
-  end
-  -- The rest is read only for the outcomes that need it.
-  local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history')
-  local attempts, max_attempts = tonumber(r[1]), tonumber(r[2])
-  -- A retry with no attempts left is the task's last failure.
-  if outcome == 'retry' and attempts >= max_attempts then outcome = 'failed' end
-  append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(r[3]),
-    finished_at = now, outcome = outcome, error = body }, r[4])
-  if outcome == 'cancelled' then
-    settle(id, 'cancelled', 'error', body, now, b, job)
-  elseif outcome == 'retry' then
-    schedule(id, now + num(delay), body)
   else
-    settle(id, 'failed', 'error', body, now, b, job)
+    end_attempt(id, w, outcome, body, now + num(delay), now, h[7], b, job)
   end
   return true
 end
@@ -887,9 +908,7 @@ local function finish_done(w, b, now)
     if redis.call('EXISTS', cancels) == 1 then redis.call('SREM', cancels, unpack(b.done)) end
   end
   b.done, b.freed = {}, 0
-  flush_batch(b)
-  for settled, count in pairs(b.settled) do trim_finished(settled, now, count) end
-  b.settled = {}
+  flush_settled(b, now)
   return state or redis.call('HGET', worker_key(w), 'state')
 end
 

@@ -58,28 +58,18 @@ end
 local expired = redis.call('ZRANGEBYSCORE', key('running'), '-inf', '(' .. fmt(limit),
   'LIMIT', 0, 100)
 for _, id in ipairs(expired) do
-  local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', 'attempts', 'max_attempts',
-    'started_at', 'timeout_ms', 'cancel_requested')
+  local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', 'timeout_ms',
+    'cancel_requested')
   if h[1] == 'running' then
     local w = h[2]
     if unhold(id, w, 'running', h[3]) then index_worker(w) end
-    local err = 'lease expired: no report ' .. h[7] .. ' ms after the start, plus ' ..
+    local err = 'lease expired: no report ' .. h[4] .. ' ms after the start, plus ' ..
       dead_after .. ' ms'
-    append_history(tk, { attempt = tonumber(h[4]), worker = w, started_at = tonumber(h[6]),
-      finished_at = now, outcome = 'retry', error = err })
-    if h[8] then
-      settle(id, 'cancelled', 'error', err, now)
-    elseif tonumber(h[4]) < tonumber(h[5]) then
-      schedule(id, now, err)
-    else
-      settle(id, 'failed', 'error', err, now)
-    end
+    end_attempt(id, w, 'retry', err, now, now, h[5])
     back = back + 1
   else
     redis.call('ZREM', key('running'), id)
   end
 end
-
 if back > 0 then place(now) end
 return { #dead, back }
