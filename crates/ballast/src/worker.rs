@@ -270,6 +270,7 @@ impl Worker {
             resync: AtomicBool::new(false),
             cancelled: Mutex::new(HashSet::new()),
             abandon: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             give_up: give_up_rx,
             reports: report_tx,
         });
@@ -348,9 +349,13 @@ impl Worker {
             // Out of time: stop what still runs and report none of it; removing the worker
             // below hands those tasks back without using their attempts.
             tracing::warn!(worker = %runner.worker, ?grace, "grace period over: handing back unfinished tasks");
-            runner.abandon.store(true, Ordering::SeqCst);
-            for (_, (_, handle)) in runner.lock_running().drain() {
-                handle.abort();
+            {
+                // Under the lock that starting a handler takes, so no run starts after this.
+                let mut running = runner.lock_running();
+                runner.abandon.store(true, Ordering::SeqCst);
+                for (_, (_, handle)) in running.drain() {
+                    handle.abort();
+                }
             }
             let _ = idle.wait_for(|n| *n == 0).await;
         }
@@ -439,8 +444,13 @@ struct Runner {
     /// Runs (id, lease) stopped on a cancel request, reported as cancelled rather than
     /// failed.
     cancelled: Mutex<HashSet<(String, i64)>>,
-    /// Set when the grace period ran out: outcomes are no longer reported.
+    /// Set when the grace period ran out: outcomes are no longer reported, and no handler
+    /// starts any more.
     abandon: AtomicBool,
+    /// Counts the times this process lost its tasks (declared dead, then registered
+    /// again). A run claimed before that, still waiting for its capacity units, does not
+    /// start its handler: Redis has handed its task to others.
+    generation: AtomicU64,
     /// Turns true when the grace period is over: see [`Runner::retry`].
     give_up: watch::Receiver<bool>,
     /// Ended tasks, for the reporter.
@@ -603,7 +613,10 @@ impl Runner {
                 // cuts that short and leads to the last try.
                 tokio::select! {
                     r = call() => r,
-                    _ = stopped(&mut stop) => continue,
+                    _ = stopped(&mut stop) => {
+                        self.resync.store(true, Ordering::SeqCst);
+                        continue;
+                    }
                 }
             };
             match result {
@@ -683,23 +696,37 @@ impl Runner {
     /// Registers again after being declared dead, retrying while Redis is away, unless
     /// `shutdown` comes first.
     async fn rejoin(&self, shutdown: &watch::Receiver<bool>) -> Result<()> {
-        for (_, (_, handle)) in self.lock_running().drain() {
-            handle.abort();
+        {
+            // Under the lock that starting a handler takes: no run of the lost generation
+            // starts after this.
+            let mut running = self.lock_running();
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            for (_, (_, handle)) in running.drain() {
+                handle.abort();
+            }
         }
         let mut shutdown = shutdown.clone();
         let mut backoff = Duration::from_millis(200);
         let epoch = loop {
-            // Cut at shutdown: a registration that ran all the same is declared dead in
-            // its turn, since nothing beats for it.
+            let registration = self.store.register_worker(
+                &self.queue,
+                &self.worker,
+                self.capacity,
+                &self.tags,
+                self.config.dead_after,
+            );
+            tokio::pin!(registration);
+            // At shutdown a registration in flight gets a last try to answer: one that ran
+            // unseen would be an active record this process cannot leave (its epoch
+            // unknown here), taking work until it is declared dead.
             let registered = tokio::select! {
-                r = self.store.register_worker(
-                    &self.queue,
-                    &self.worker,
-                    self.capacity,
-                    &self.tags,
-                    self.config.dead_after,
-                ) => r,
-                _ = stopped(&mut shutdown) => return Ok(()),
+                r = &mut registration => r,
+                _ = stopped(&mut shutdown) => {
+                    match tokio::time::timeout(LAST_TRY, &mut registration).await {
+                        Ok(r) => r,
+                        Err(_) => return Ok(()),
+                    }
+                }
             };
             match registered {
                 Ok(e) => break e,
@@ -707,6 +734,9 @@ impl Runner {
                 Err(e) => {
                     tracing::warn!(worker = %self.worker, error = %e, "register again failed; retrying");
                     backoff = self.pause(backoff, &mut shutdown).await;
+                    if *shutdown.borrow() {
+                        return Ok(());
+                    }
                 }
             }
         };
@@ -719,12 +749,13 @@ impl Runner {
     fn start(self: Arc<Self>, task: ClaimedTask) {
         self.in_flight.send_modify(|n| *n += 1);
         self.lock_known().insert(task.id.clone(), task.lease);
+        let generation = self.generation.load(Ordering::SeqCst);
         tokio::spawn(async move {
             let units = u32::try_from(task.cost).unwrap_or(u32::MAX);
             // Redis never assigns beyond capacity; a wait here only bridges the moment
             // between a finish freeing units in Redis and its permit being dropped here.
             let permit = Arc::clone(&self.slots).acquire_many_owned(units).await;
-            let outcome = self.execute(&task).await;
+            let outcome = self.execute(&task, generation).await;
             if self.abandon.load(Ordering::SeqCst) {
                 drop(permit);
                 Runner::forget(&mut self.lock_known(), &task);
@@ -814,8 +845,10 @@ impl Runner {
         }
     }
 
-    /// Runs the handler under the task's timeout; a panic or a timeout is a failure.
-    async fn execute(&self, task: &ClaimedTask) -> Outcome {
+    /// Runs the handler under the task's timeout; a panic or a timeout is a failure. A run
+    /// of an earlier `generation`, or one reaching here after the grace period, does not
+    /// start: its report (if any) is refused as stale, since the task went back.
+    async fn execute(&self, task: &ClaimedTask, generation: u64) -> Outcome {
         let Some(handler) = self.handlers.get(&task.kind, task.role == "reduce") else {
             return Outcome::Failed(format!(
                 "no handler for kind {:?} on this worker",
@@ -830,9 +863,20 @@ impl Runner {
             attempt: task.attempt,
             max_attempts: task.max_attempts,
         };
-        let mut join = tokio::spawn(handler(ctx, &task.payload));
-        self.lock_running()
-            .insert(task.id.clone(), (task.lease, join.abort_handle()));
+        let mut join = {
+            let mut running = self.lock_running();
+            if self.abandon.load(Ordering::SeqCst)
+                || self.generation.load(Ordering::SeqCst) != generation
+            {
+                return Outcome::Retry {
+                    error: "not started: the task went back before it could start here".into(),
+                    delay: Duration::ZERO,
+                };
+            }
+            let join = tokio::spawn(handler(ctx, &task.payload));
+            running.insert(task.id.clone(), (task.lease, join.abort_handle()));
+            join
+        };
         let limit = Duration::from_millis(u64::try_from(task.timeout_ms).unwrap_or(1));
         let ended = tokio::time::timeout(limit, &mut join).await;
         {

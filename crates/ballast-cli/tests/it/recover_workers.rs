@@ -458,3 +458,39 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
     );
     env.assert_sound(Q).await;
 }
+
+#[tokio::test]
+async fn an_expired_lease_of_a_task_asked_to_stop_cancels_it() {
+    let mut env = Env::start().await;
+    env.register(Q, "hung", 1, &[]).await;
+    let id = env
+        .submit(
+            task(Q, 1)
+                .max_attempts(5)
+                .timeout(Duration::from_millis(100)),
+        )
+        .await;
+    env.claim(Q, "hung", 1).await;
+    env.store.cancel_task(Q, &id).await.expect("cancel");
+    // The lease ran out long ago (more than dead-after) while the worker kept beating.
+    let past = env.now_ms().await - 10_000;
+    let _: () = env
+        .raw
+        .zadd(qkey(Q, "running"), &id, past)
+        .await
+        .expect("zadd");
+    env.store
+        .recover_workers(Q, DEAD_AFTER)
+        .await
+        .expect("recover");
+    let t = env.task_record(Q, &id).await;
+    assert_eq!(t.state, TaskState::Cancelled);
+    assert!(
+        t.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("lease expired")),
+        "{t:?}"
+    );
+    assert_eq!(env.beat(Q, "hung").await, Some(vec![]));
+    env.assert_sound(Q).await;
+}

@@ -260,6 +260,52 @@ async fn a_chunk_failing_for_good_fails_the_job_and_cancels_the_rest() {
 }
 
 #[tokio::test]
+async fn a_job_ended_by_one_report_of_a_batch_settles_the_others_of_that_batch() {
+    let env = Env::start().await;
+    let jid = job(&env, 4, 0).await;
+    env.register(Q, "w", 3, &[]).await;
+    let r = env.claim(Q, "w", 3).await;
+    // Chunk 0 fails for good: the job ends and asks its running chunks to stop, two of
+    // which are reported in the same call, after it (a retry and a success).
+    let fail = Outcome::Failed("bad".into());
+    let retry = Outcome::Retry {
+        error: "stopped".into(),
+        delay: Duration::ZERO,
+    };
+    let ok = Outcome::Succeeded("1".into());
+    let (recorded, next) = env
+        .store
+        .finish_tasks(
+            Q,
+            "w",
+            env.epoch(Q, "w").await,
+            &[(&r[0], &fail), (&r[1], &retry), (&r[2], &ok)],
+            3,
+        )
+        .await
+        .expect("finish");
+    assert_eq!((recorded, next), (vec![true; 3], vec![]));
+    let states = env.store.job_task_states(Q, &jid).await.expect("states");
+    let by: Vec<TaskState> = states.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        by,
+        [
+            TaskState::Failed,
+            TaskState::Cancelled,
+            TaskState::Succeeded,
+            TaskState::Cancelled
+        ]
+    );
+    assert_eq!(
+        env.client.job(&jid).await.expect("job").state,
+        JobState::Failed
+    );
+    // Every request the job's end made is void: its tasks left running in that call.
+    assert_eq!(env.beat(Q, "w").await, Some(vec![]));
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
 async fn a_tolerated_failure_still_reduces_and_a_job_can_be_cancelled() {
     let mut env = Env::start().await;
     let jid = job(&env, 2, 1).await;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use ballast::store::Outcome;
 use ballast::{Placement, QueueCounts, TaskSpec, TaskState};
 use serde_json::json;
 
@@ -435,4 +436,60 @@ async fn a_redis_without_functions_is_named_as_too_old() {
         e.to_string().contains("ballast needs Redis 7.0 or later"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_repeated_id_is_told_where_its_task_stands_now() {
+    let env = Env::start().await;
+    env.register(Q, "w", 1, &[]).await;
+    let epoch = env.epoch(Q, "w").await;
+    // Ran and succeeded.
+    let done = task(Q, 1);
+    env.client.submit(&done).await.expect("submit");
+    let t = env.claim(Q, "w", 1).await.remove(0);
+    env.finish(Q, "w", &t, 0).await;
+    assert_eq!(
+        env.client.submit(&done).await.expect("again"),
+        Placement::Finished
+    );
+    // Ran once, and waits for its retry.
+    let retried = task(Q, 1).max_attempts(5);
+    env.client.submit(&retried).await.expect("submit");
+    let t = env.claim(Q, "w", 1).await.remove(0);
+    let retry = Outcome::Retry {
+        error: "later".into(),
+        delay: Duration::from_secs(60),
+    };
+    env.store
+        .finish_task(Q, "w", epoch, &t, &retry, 0)
+        .await
+        .expect("finish");
+    assert_eq!(
+        env.client.submit(&retried).await.expect("again"),
+        Placement::Scheduled
+    );
+    // Cancelled before it started.
+    let busy = task(Q, 1);
+    assert_eq!(
+        env.client.submit(&busy).await.expect("submit"),
+        Placement::Assigned("w".into())
+    );
+    let cancelled = task(Q, 1);
+    assert_eq!(
+        env.client.submit(&cancelled).await.expect("submit"),
+        Placement::Pending
+    );
+    env.store
+        .cancel_task(Q, &cancelled.id)
+        .await
+        .expect("cancel");
+    assert_eq!(
+        env.client.submit(&cancelled).await.expect("again"),
+        Placement::Finished
+    );
+    assert_eq!(
+        env.client.submit(&busy).await.expect("again"),
+        Placement::Assigned("w".into())
+    );
+    env.assert_sound(Q).await;
 }

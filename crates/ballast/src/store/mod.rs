@@ -36,6 +36,7 @@ fn placement(r: &[String]) -> Result<Placement> {
         Some("assigned") => Ok(Placement::Assigned(r.get(1).cloned().unwrap_or_default())),
         Some("parked") => Ok(Placement::Parked),
         Some("scheduled") => Ok(Placement::Scheduled),
+        Some("finished") => Ok(Placement::Finished),
         Some("pending") => Ok(Placement::Pending),
         _ => Err(Error::Corrupt(format!("submit replied {r:?}"))),
     }
@@ -71,6 +72,9 @@ pub enum Placement {
     Parked,
     /// Delayed: waits for its time.
     Scheduled,
+    /// Already ended: the reply to a submit that repeats the id of a task that has run
+    /// (or was cancelled). Nothing was written.
+    Finished,
 }
 
 /// A task handed to a worker by [`Store::claim_tasks`], [`Store::finish_tasks`] (or
@@ -778,10 +782,11 @@ impl Store {
         }
     }
 
-    /// Records a heartbeat (server time) and takes the cancel requests for the worker's
-    /// running tasks: `Some(ids)`, each told once. `None` when the worker is no longer
-    /// registered under `epoch`: it was declared dead, its tasks went to others, and it must
-    /// drop its work and register again.
+    /// Records a heartbeat (server time) and reads the cancel requests for the worker's
+    /// running tasks: `Some(ids)`, each told at every beat until its task leaves running
+    /// (a lost reply loses nothing; acting twice is harmless). `None` when the worker is no
+    /// longer registered under `epoch`: it was declared dead, its tasks went to others, and
+    /// it must drop its work and register again.
     pub async fn heartbeat_worker(
         &self,
         queue: &str,
@@ -1066,9 +1071,18 @@ impl Store {
             .await?;
         match reply.first().map(String::as_str) {
             // Listed only once it exists: a refused job writes nothing.
-            Some("ok") => Ok(Store::remember_queue(&h.queue)
-                .query_async::<()>(&mut conn)
-                .await?),
+            Some("ok") => {
+                // The job is stored: a directory entry that fails to be written is not
+                // worth an error (the caller would submit again and be refused); the
+                // queue's next submit adds it.
+                if let Err(e) = Store::remember_queue(&h.queue)
+                    .query_async::<()>(&mut conn)
+                    .await
+                {
+                    tracing::warn!(queue = %h.queue, error = %e, "queue not added to the directory");
+                }
+                Ok(())
+            }
             Some("exists") => Err(Error::Corrupt(format!("job {} already exists", h.id))),
             Some("missing") => Err(Error::Corrupt(format!(
                 "job {}: {} of {total} chunks were staged",

@@ -912,13 +912,15 @@ local function finish_done(w, b, now)
   return state or redis.call('HGET', worker_key(w), 'state')
 end
 
--- Where a task already stored went, told to a submit that repeats its id (a batch sent
--- again after its reply was lost): "assigned" and the worker once it has had one, else
--- "scheduled", "parked" or "pending".
+-- Where a task already stored stands, told to a submit that repeats its id (a batch sent
+-- again after its reply was lost): "assigned" and the worker while it is assigned or
+-- running, "scheduled", "parked" or "pending" while it waits, "finished" once it ended.
 local function existing_placement(id)
   local h = redis.call('HMGET', task_key(id), 'state', 'worker')
-  if h[2] and h[2] ~= '' then return 'assigned', h[2] end
-  if h[1] == 'scheduled' then return 'scheduled', '' end
+  local state = h[1]
+  if state == 'assigned' or state == 'running' then return 'assigned', h[2] end
+  if state == 'scheduled' then return 'scheduled', '' end
+  if state ~= 'pending' then return 'finished', '' end
   if redis.call('ZSCORE', key('parked'), id) then return 'parked', '' end
   return 'pending', ''
 end

@@ -20,8 +20,8 @@
 -- A task with a time still ahead waits in P .. 'scheduled' until promote_tasks.lua brings
 -- it to pending. An id already stored is left as it is (a submit sent again after its reply
 -- was lost does not submit twice) and told where it went.
--- Returns {placement, worker}: "assigned" and the worker, or "pending", "parked" or
--- "scheduled" and "".
+-- Returns {placement, worker}: "assigned" and the worker, or "pending", "parked",
+-- "scheduled" or (a repeated id whose task ended) "finished", and "".
 
 local now = now_ms()
 local status, order = submit_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7],

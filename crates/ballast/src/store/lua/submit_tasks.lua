@@ -17,8 +17,9 @@
 -- it to pending. An id already stored is left as it is (a batch sent again does not
 -- submit twice) and told where it went.
 --
--- Returns two strings per task, flat: the placement ("assigned", "pending", "parked" or
--- "scheduled") and the worker ("" unless assigned).
+-- Returns two strings per task, flat: the placement ("assigned", "pending", "parked",
+-- "scheduled" or, for a repeated id whose task ended, "finished") and the worker ("" unless
+-- assigned).
 
 local now = now_ms()
 local shapes = {}
