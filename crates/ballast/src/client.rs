@@ -14,6 +14,16 @@ use crate::task::{Limits, TaskRecord, TaskSpec};
 /// How often a wait re-reads the records it waits on, in case a finish event was missed
 /// (pub/sub delivers at most once, and not across a reconnect).
 const WAIT_RESYNC: Duration = Duration::from_secs(2);
+
+/// What an event on the queue's channel means to a wait.
+enum Heard {
+    /// Nothing it waits for.
+    Nothing,
+    /// The wait is over.
+    Done,
+    /// Something it waits for changed: read it again.
+    ReadAgain,
+}
 /// Pause before a wait tries Redis again after an error.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -84,52 +94,20 @@ impl Client {
     /// Blocks on the queue's events (a job's end is published as `job:<id>`), re-reading
     /// every couple of seconds and riding out Redis restarts like [`Client::wait_all`].
     pub async fn wait_job(&self, queue: &str, id: &str, timeout: Duration) -> Result<JobRecord> {
-        let deadline = Instant::now() + timeout;
-        let topic = format!("job:{id}");
-        let mut events: Option<redis::aio::PubSub> = None;
-        loop {
-            if events.is_none() {
-                events = self.store.subscribe_events(queue).await.ok();
-            }
-            match self.store.job(queue, id).await {
-                Ok(Some(j)) if j.state.is_terminal() => return Ok(j),
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(Error::JobNotFound(id.to_string())),
-                Err(Error::Redis(_)) => events = None,
-                Err(e) => return Err(e),
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::WaitTimedOut {
-                    id: id.to_string(),
-                    waited: timeout,
-                });
-            }
-            let until = deadline.min(Instant::now() + WAIT_RESYNC);
-            let Some(ev) = events.as_mut() else {
-                sleep_until(until.min(Instant::now() + RETRY_PAUSE)).await;
-                continue;
-            };
-            let mut dropped = false;
-            let mut stream = ev.on_message();
-            loop {
-                match timeout_at(until, stream.next()).await {
-                    Ok(Some(m))
-                        if m.get_payload::<String>().ok().as_deref() == Some(topic.as_str()) =>
-                    {
-                        break
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        dropped = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            drop(stream);
-            if dropped {
-                events = None;
-            }
+        let mut job = JobWait {
+            id,
+            topic: format!("job:{id}"),
+            record: None,
+        };
+        let ended = self
+            .wait_on_events(queue, Instant::now() + timeout, &mut job)
+            .await?;
+        match job.record {
+            Some(j) if ended => Ok(j),
+            _ => Err(Error::WaitTimedOut {
+                id: id.to_string(),
+                waited: timeout,
+            }),
         }
     }
 
@@ -155,57 +133,15 @@ impl Client {
         ids: &[String],
         timeout: Duration,
     ) -> Result<Vec<TaskRecord>> {
-        let deadline = Instant::now() + timeout;
-        let mut open: HashSet<String> = ids.iter().cloned().collect();
-        let mut events: Option<redis::aio::PubSub> = None;
-        let mut resync_at = Instant::now();
-        loop {
-            if Instant::now() >= resync_at {
-                // Subscribe before reading, so no finish can slip between the two.
-                if events.is_none() {
-                    events = self.store.subscribe_events(queue).await.ok();
-                }
-                match self.read_open(queue, &mut open).await {
-                    Ok(()) => resync_at = Instant::now() + WAIT_RESYNC,
-                    Err(Error::Redis(e)) => {
-                        tracing::debug!(error = %e, "wait: redis unavailable, trying again");
-                        events = None;
-                        resync_at = Instant::now() + RETRY_PAUSE;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if open.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let id = open.iter().next().cloned().unwrap_or_default();
-                return Err(Error::WaitTimedOut {
-                    id,
-                    waited: timeout,
-                });
-            }
-            let until = deadline.min(resync_at);
-            let Some(ev) = events.as_mut() else {
-                sleep_until(until).await;
-                continue;
-            };
-            let event = timeout_at(until, ev.on_message().next()).await;
-            match event {
-                // One event names every task a call settled (final), space-separated.
-                Ok(Some(msg)) => {
-                    let ids: String = msg.get_payload()?;
-                    for id in ids.split(' ') {
-                        open.remove(id);
-                    }
-                }
-                // The subscription dropped (a restart): subscribe again and re-read.
-                Ok(None) => {
-                    events = None;
-                    resync_at = Instant::now();
-                }
-                Err(_) => {}
-            }
+        let mut open = OpenTasks(ids.iter().cloned().collect());
+        let finished = self
+            .wait_on_events(queue, Instant::now() + timeout, &mut open)
+            .await?;
+        if !finished {
+            return Err(Error::WaitTimedOut {
+                id: open.0.iter().next().cloned().unwrap_or_default(),
+                waited: timeout,
+            });
         }
         let records = self.store.task_records(queue, ids).await?;
         let mut out = Vec::with_capacity(ids.len());
@@ -215,19 +151,132 @@ impl Client {
         Ok(out)
     }
 
+    /// The skeleton of the waits: reads what is waited for (`Waited::read`, which says
+    /// whether the wait is over) and blocks on the queue's events between reads
+    /// (`Waited::heard` says what an event means), rather than polling. It subscribes before reading, so no event slips
+    /// between the two; reads again every WAIT_RESYNC in case an event was missed; and rides
+    /// out a Redis restart (it subscribes again and goes on). Returns whether the wait ended
+    /// before `deadline`.
+    async fn wait_on_events(
+        &self,
+        queue: &str,
+        deadline: Instant,
+        waited: &mut impl Waited,
+    ) -> Result<bool> {
+        let mut events: Option<redis::aio::PubSub> = None;
+        let mut read_at = Instant::now();
+        loop {
+            if Instant::now() >= read_at {
+                if events.is_none() {
+                    events = self.store.subscribe_events(queue).await.ok();
+                }
+                match waited.read(&self.store, queue).await {
+                    Ok(true) => return Ok(true),
+                    // Without a subscription, soon again (and subscribe again first).
+                    Ok(false) if events.is_none() => read_at = Instant::now() + RETRY_PAUSE,
+                    Ok(false) => read_at = Instant::now() + WAIT_RESYNC,
+                    Err(Error::Redis(e)) => {
+                        tracing::debug!(error = %e, "wait: redis unavailable, trying again");
+                        events = None;
+                        read_at = Instant::now() + RETRY_PAUSE;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            let until = deadline.min(read_at);
+            let Some(ev) = events.as_mut() else {
+                sleep_until(until).await;
+                continue;
+            };
+            let event = match timeout_at(until, ev.on_message().next()).await {
+                Ok(Some(msg)) => Some(msg.get_payload::<String>()?),
+                Ok(None) => None,
+                Err(_) => continue,
+            };
+            match event {
+                Some(event) => match waited.heard(&event) {
+                    Heard::Done => return Ok(true),
+                    Heard::ReadAgain => read_at = Instant::now(),
+                    Heard::Nothing => {}
+                },
+                // The subscription dropped (a restart): subscribe again and read again.
+                None => {
+                    events = None;
+                    read_at = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// What a wait waits for: read from Redis, and told by the queue's events.
+trait Waited {
+    /// Reads the state from Redis; whether the wait is over.
+    async fn read(&mut self, store: &Store, queue: &str) -> Result<bool>;
+    /// What an event (its payload) means to this wait.
+    fn heard(&mut self, event: &str) -> Heard;
+}
+
+/// Tasks not yet finished, by id.
+struct OpenTasks(HashSet<String>);
+
+impl Waited for OpenTasks {
     /// Re-reads the open tasks and drops the finished ones.
-    async fn read_open(&self, queue: &str, open: &mut HashSet<String>) -> Result<()> {
-        let check: Vec<String> = open.iter().cloned().collect();
-        let records = self.store.task_records(queue, &check).await?;
+    async fn read(&mut self, store: &Store, queue: &str) -> Result<bool> {
+        let check: Vec<String> = self.0.iter().cloned().collect();
+        let records = store.task_records(queue, &check).await?;
         for (id, rec) in check.into_iter().zip(records) {
             match rec {
                 Some(t) if t.state.is_terminal() => {
-                    open.remove(&id);
+                    self.0.remove(&id);
                 }
                 Some(_) => {}
                 None => return Err(Error::TaskNotFound(id)),
             }
         }
-        Ok(())
+        Ok(self.0.is_empty())
+    }
+
+    /// One event names every task a call settled (final), space-separated.
+    fn heard(&mut self, event: &str) -> Heard {
+        for id in event.split(' ') {
+            self.0.remove(id);
+        }
+        if self.0.is_empty() {
+            Heard::Done
+        } else {
+            Heard::Nothing
+        }
+    }
+}
+
+/// A job, and its record as last read.
+struct JobWait<'a> {
+    id: &'a str,
+    /// The event its end is published as.
+    topic: String,
+    record: Option<JobRecord>,
+}
+
+impl Waited for JobWait<'_> {
+    async fn read(&mut self, store: &Store, queue: &str) -> Result<bool> {
+        let j = store
+            .job(queue, self.id)
+            .await?
+            .ok_or_else(|| Error::JobNotFound(self.id.to_string()))?;
+        let ended = j.state.is_terminal();
+        self.record = Some(j);
+        Ok(ended)
+    }
+
+    fn heard(&mut self, event: &str) -> Heard {
+        if event == self.topic {
+            Heard::ReadAgain
+        } else {
+            Heard::Nothing
+        }
     }
 }
