@@ -123,8 +123,20 @@ impl ClaimedTask {
         })
     }
 
-    fn from_rows(rows: Vec<Vec<String>>) -> Result<Vec<Self>> {
-        rows.into_iter().map(Self::from_row).collect()
+    /// Claimed tasks from a function's flat reply: nine strings per task.
+    fn from_rows(flat: Vec<String>) -> Result<Vec<Self>> {
+        if flat.len() % 9 != 0 {
+            return Err(Error::Corrupt(format!(
+                "a claim reply of {} strings is not nine per task",
+                flat.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(flat.len() / 9);
+        let mut it = flat.into_iter();
+        while it.len() > 0 {
+            out.push(Self::from_row(it.by_ref().take(9).collect())?);
+        }
+        Ok(out)
     }
 }
 
@@ -850,7 +862,7 @@ impl Store {
     ) -> Result<Vec<ClaimedTask>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let rows: Vec<Vec<String>> = CLAIM_TASKS
+        let rows: Vec<String> = CLAIM_TASKS
             .key(self.build, format!("{p}worker:{worker}:inbox"))
             .arg(&p)
             .arg(worker)
@@ -874,7 +886,7 @@ impl Store {
     ) -> Result<Vec<ClaimedTask>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let rows: Vec<Vec<String>> = RESYNC_WORKER
+        let rows: Vec<String> = RESYNC_WORKER
             .key(self.build, format!("{p}worker:{worker}:tasks"))
             .arg(&p)
             .arg(worker)
@@ -931,7 +943,7 @@ impl Store {
                 .arg(body)
                 .arg(ms(delay));
         }
-        let (recorded, rows): (Vec<i64>, Vec<Vec<String>>) = call.invoke_async(&mut conn).await?;
+        let (recorded, rows): (Vec<i64>, Vec<String>) = call.invoke_async(&mut conn).await?;
         Ok((
             recorded.into_iter().map(|r| r == 1).collect(),
             ClaimedTask::from_rows(rows)?,

@@ -7,8 +7,9 @@
 -- ARGV[4]  int     most tasks to claim
 -- ARGV[5..] string ids the worker already popped from its inbox (by a blocking wait)
 --
--- Returns a list of {id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt, role}
--- (role is "reduce" for a job's reduce task, else empty), or
+-- Returns the claimed tasks flat, nine strings each: id, kind, payload, lease, cost,
+-- timeout_ms, max_attempts, attempt, role (role is "reduce" for a job's reduce task, else
+-- empty); or
 -- nothing when the epoch is not the worker's: a process declared dead claims nothing, and
 -- ids it popped go back to the head of the inbox for the live incarnation.
 

@@ -39,14 +39,12 @@ local state = finish_done(w, b, now)
 -- by other calls and not yet taken).
 local me
 if claim_max > 0 and state == 'active' and redis.call('HGET', KEYS[1], 'epoch') == epoch then
-  me = { w = w, max = claim_max, out = {} }
+  me = { w = w, max = claim_max, out = {}, n = 0 }
 end
 place(now, me)
 local claimed = {}
 if me then
   claimed = me.out
-  if #claimed < claim_max then
-    for _, t in ipairs(claim(w, {}, claim_max - #claimed, now)) do claimed[#claimed + 1] = t end
-  end
+  if me.n < claim_max then claim(w, {}, claim_max - me.n, now, claimed) end
 end
 return { recorded, claimed }

@@ -257,19 +257,22 @@ end
 local START_FIELDS = { 'lease', 'attempts', 'runs', 'timeout_ms', 'kind', 'payload',
   'max_attempts', 'role' }
 
--- The record a worker gets for a task it starts: {id, kind, payload, lease, cost,
--- timeout_ms, max_attempts, attempt, role}; h[o] .. h[o + 7] are its START_FIELDS, and
--- cost, lease and attempt are text.
-local function claimed_row(id, h, o, cost, lease, attempt)
-  return { id, h[o + 4], h[o + 5], lease, cost, h[o + 3], h[o + 6], attempt, h[o + 7] or '' }
+-- Appends to `out` the record a worker gets for a task it starts: id, kind, payload, lease,
+-- cost, timeout_ms, max_attempts, attempt, role. h[o] .. h[o + 7] are its START_FIELDS, and
+-- cost, lease and attempt are text. The records go flat, nine strings each, in one list:
+-- a table per task would cost more than the rest of its record.
+local function claimed_row(out, id, h, o, cost, lease, attempt)
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = id, h[o + 4], h[o + 5], lease, cost
+  out[n + 6], out[n + 7], out[n + 8], out[n + 9] = h[o + 3], h[o + 6], attempt, h[o + 7] or ''
 end
 
 -- Start task `id` on worker w: running under `lease` (text), its deadline (start + timeout) the
 -- score in the running index. h[o] .. h[o + 7] are its START_FIELDS. `fresh`: it comes
 -- straight from pending (placed and started in one step, with no inbox in between); else it
--- was assigned to w. Index changes go to batch b. Returns the record the worker gets:
--- {id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt, role}.
-local function start(id, w, h, o, cost, lease, now, b, fresh)
+-- was assigned to w. Index changes go to batch b; the record the worker gets is appended to
+-- `out` (claimed_row()).
+local function start(id, w, h, o, cost, lease, now, b, fresh, out)
   local tk, attempt = task_key(id), str(num(h[o + 1] or '0') + 1)
   local runs = str(num(h[o + 2] or '0') + 1)
   if fresh then
@@ -285,7 +288,7 @@ local function start(id, w, h, o, cost, lease, now, b, fresh)
   -- The lease: when the attempt must be over by. The worker's own timer stops the handler
   -- first; recovery expires the lease if a hung worker never reports.
   later(b, 'zadd', key('running'), deadline(now, h[o + 3]), id)
-  return claimed_row(id, h, o, cost, lease, attempt)
+  claimed_row(out, id, h, o, cost, lease, attempt)
 end
 
 -- Charge `cost` to worker w in Redis at once (its record and free indexes).
@@ -451,9 +454,10 @@ end
 -- MAX_SCAN tasks besides those it parks.
 -- A task that no accepting worker could ever run is parked until a new worker joins.
 -- Placed and parked tasks leave pending when the call's batch is flushed at its end.
--- `me` (optional) is {w = worker, max = n, out = {}}: tasks placed on that worker, up to n,
--- are started at once and their records appended to `out` (a worker that reports finished
--- tasks gets its next ones in the same call, with no inbox round trip).
+-- `me` (optional) is {w = worker, max = n, out = {}, n = 0}: tasks placed on that worker,
+-- up to max, are started at once, their records appended to `out` (claimed_row()) and
+-- counted in n (a worker that reports finished tasks gets its next ones in the same call,
+-- with no inbox round trip).
 -- `got` (optional): a table that receives got[id] = worker for every task placed and
 -- got[id] = false for every task parked.
 -- Returns the number of tasks placed.
@@ -502,9 +506,10 @@ local function place(now, me, got)
         if w then
           local tick = next_tick(ticks)
           if v.loaded then view_charge(v, w, cost, tick) else charge(w, cost, tick) end
-          if me and w == me.w and #me.out < me.max then
+          if me and w == me.w and me.n < me.max then
             local lease = num(h[3] or '0') + 1
-            me.out[#me.out + 1] = start(id, w, h, 3, h[1], str(lease), now, b, true)
+            start(id, w, h, 3, h[1], str(lease), now, b, true, me.out)
+            me.n = me.n + 1
           else
             assign(id, w, num(h[3] or '0') + 1, now, b)
           end
@@ -828,19 +833,22 @@ end
 -- Claim up to `max` tasks for worker w: `given` ids (already popped from the inbox by the
 -- worker's blocking wait) and then more from the inbox. Each must still be assigned to w;
 -- an id whose task was taken back meanwhile is dropped, and another is popped in its place.
--- Returns flat records for the worker.
-local function claim(w, given, max, now)
-  local out, b = {}, new_batch()
+-- Appends the records for the worker to `out` (a new list when nil; see claimed_row()) and
+-- returns it.
+local function claim(w, given, max, now, out)
+  local b, n = new_batch(), 0
+  out = out or {}
   local ids = given
   while true do
     for _, id in ipairs(ids) do
       local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', unpack(START_FIELDS))
       if h[1] == 'assigned' and h[2] == w then
-        out[#out + 1] = start(id, w, h, 4, h[3], h[4], now, b, false)
+        start(id, w, h, 4, h[3], h[4], now, b, false, out)
+        n = n + 1
       end
     end
-    if #out >= max then break end
-    ids = redis.call('LPOP', inbox_key(w), max - #out)
+    if n >= max then break end
+    ids = redis.call('LPOP', inbox_key(w), max - n)
     if not ids then break end
   end
   flush_batch(b)
@@ -852,12 +860,13 @@ end
 -- asked to stop (`cancel_requested`) does not run again: a retry (the handler failed, or was
 -- stopped without the worker knowing why) ends it cancelled. A retry with no attempts left
 -- is the task's last failure; one with attempts left waits in scheduled until `retry_at`.
--- The attempt goes to the history (read here: only these outcomes need it). `b` and `job`
--- as settle() takes them.
-local function end_attempt(id, w, outcome, err, retry_at, now, cancel_requested, b, job)
+-- The attempt goes to the history. What this needs is read here: only these outcomes need
+-- it. `b` and `job` as settle() takes them.
+local function end_attempt(id, w, outcome, err, retry_at, now, b, job)
   local tk = task_key(id)
-  if cancel_requested and outcome == 'retry' then outcome = 'cancelled' end
-  local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history')
+  local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history',
+    'cancel_requested')
+  if r[5] and outcome == 'retry' then outcome = 'cancelled' end
   local attempts = tonumber(r[1])
   if outcome == 'retry' and attempts >= tonumber(r[2]) then outcome = 'failed' end
   append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(r[3]),
@@ -877,18 +886,20 @@ end
 -- tasks it finishes.
 local function finish_one(w, id, lease, outcome, body, delay, now, b)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost', 'job', 'chunk',
-    'cancel_requested')
+  local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost')
   if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return false end
   later(b, 'zrem', key('running'), id)
   later(b, 'srem', held_key(w), id)
   b.done[#b.done + 1] = id
   b.freed = b.freed + num(h[4])
-  local job = h[5] and { h[5], h[6] } or NO_JOB
+  -- A job's tasks are named after it (<job>-m<i>, <job>-reduce): an id without a '-' is
+  -- no job's, and its job fields need no read (settle() reads them for the others).
+  local job = NO_JOB
+  if string.find(id, '-', 1, true) then job = nil end
   if outcome == 'succeeded' then
     settle(id, 'succeeded', 'result', body, now, b, job)
   else
-    end_attempt(id, w, outcome, body, now + num(delay), now, h[7], b, job)
+    end_attempt(id, w, outcome, body, now + num(delay), now, b, job)
   end
   return true
 end

@@ -58,14 +58,13 @@ end
 local expired = redis.call('ZRANGEBYSCORE', key('running'), '-inf', '(' .. fmt(limit),
   'LIMIT', 0, 100)
 for _, id in ipairs(expired) do
-  local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', 'timeout_ms',
-    'cancel_requested')
+  local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', 'timeout_ms')
   if h[1] == 'running' then
     local w = h[2]
     if unhold(id, w, 'running', h[3]) then index_worker(w) end
     local err = 'lease expired: no report ' .. h[4] .. ' ms after the start, plus ' ..
       dead_after .. ' ms'
-    end_attempt(id, w, 'retry', err, now, now, h[5])
+    end_attempt(id, w, 'retry', err, now, now)
     back = back + 1
   else
     redis.call('ZREM', key('running'), id)

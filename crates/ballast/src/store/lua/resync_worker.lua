@@ -9,9 +9,9 @@
 -- ARGV[2] string  worker id
 -- ARGV[3] int     the epoch register_worker gave this process
 --
--- Returns a list of {id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt, role}
--- (the shape claim_tasks.lua returns), or nothing when the epoch is not the worker's: a
--- process declared dead must not take the tasks of the one that replaced it.
+-- Returns the running tasks flat, in the shape claim_tasks.lua returns, or nothing when the
+-- epoch is not the worker's: a process declared dead must not take the tasks of the one
+-- that replaced it.
 
 local w = ARGV[2]
 if redis.call('HGET', worker_key(w), 'epoch') ~= ARGV[3] then return {} end
@@ -29,7 +29,7 @@ for _, id in ipairs(held) do
   local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', unpack(START_FIELDS))
   if h[1] == 'running' and h[2] == w then
     -- h[4 ..] are START_FIELDS: lease, then attempts (this attempt's number).
-    out[#out + 1] = claimed_row(id, h, 4, h[3], h[4], h[5])
+    claimed_row(out, id, h, 4, h[3], h[4], h[5])
   end
 end
 return out
