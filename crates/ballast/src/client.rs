@@ -153,10 +153,11 @@ impl Client {
 
     /// The skeleton of the waits: reads what is waited for (`Waited::read`, which says
     /// whether the wait is over) and blocks on the queue's events between reads
-    /// (`Waited::heard` says what an event means), rather than polling. It subscribes before reading, so no event slips
-    /// between the two; reads again every WAIT_RESYNC in case an event was missed; and rides
-    /// out a Redis restart (it subscribes again and goes on). Returns whether the wait ended
-    /// before `deadline`.
+    /// (`Waited::heard` says what an event means), rather than polling. It subscribes
+    /// before reading, so no event slips between the two; reads again every WAIT_RESYNC in
+    /// case an event was missed, and once more at the deadline; without a subscription it
+    /// tries to subscribe again every RETRY_PAUSE, reading at the usual pace meanwhile; and
+    /// it rides out a Redis restart. Returns whether the wait ended before `deadline`.
     async fn wait_on_events(
         &self,
         queue: &str,
@@ -164,16 +165,28 @@ impl Client {
         waited: &mut impl Waited,
     ) -> Result<bool> {
         let mut events: Option<redis::aio::PubSub> = None;
-        let mut read_at = Instant::now();
+        let (mut read_at, mut subscribe_at) = (Instant::now(), Instant::now());
+        // When the last read ended: one that ended before the deadline is repeated at it,
+        // since the event that would have ended the wait may have been lost.
+        let mut last_read = None;
         loop {
-            if Instant::now() >= read_at {
-                if events.is_none() {
-                    events = self.store.subscribe_events(queue).await.ok();
+            // Subscribed before reading, so no event slips between the two; after a
+            // subscription is made again, read again (events went by meanwhile).
+            if events.is_none() && Instant::now() >= subscribe_at {
+                match self.store.subscribe_events(queue).await {
+                    Ok(ev) => {
+                        events = Some(ev);
+                        read_at = Instant::now();
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "wait: cannot subscribe, trying again");
+                        subscribe_at = Instant::now() + RETRY_PAUSE;
+                    }
                 }
+            }
+            if Instant::now() >= read_at {
                 match waited.read(&self.store, queue).await {
                     Ok(true) => return Ok(true),
-                    // Without a subscription, soon again (and subscribe again first).
-                    Ok(false) if events.is_none() => read_at = Instant::now() + RETRY_PAUSE,
                     Ok(false) => read_at = Instant::now() + WAIT_RESYNC,
                     Err(Error::Redis(e)) => {
                         tracing::debug!(error = %e, "wait: redis unavailable, trying again");
@@ -182,12 +195,20 @@ impl Client {
                     }
                     Err(e) => return Err(e),
                 }
+                last_read = Some(Instant::now());
             }
             if Instant::now() >= deadline {
+                if last_read.is_some_and(|at| at < deadline) {
+                    return match waited.read(&self.store, queue).await {
+                        Err(Error::Redis(_)) => Ok(false),
+                        other => other,
+                    };
+                }
                 return Ok(false);
             }
-            let until = deadline.min(read_at);
+            let mut until = deadline.min(read_at);
             let Some(ev) = events.as_mut() else {
+                until = until.min(subscribe_at);
                 sleep_until(until).await;
                 continue;
             };
@@ -202,10 +223,10 @@ impl Client {
                     Heard::ReadAgain => read_at = Instant::now(),
                     Heard::Nothing => {}
                 },
-                // The subscription dropped (a restart): subscribe again and read again.
+                // The subscription dropped (a restart): subscribe again, then read again.
                 None => {
                     events = None;
-                    read_at = Instant::now();
+                    subscribe_at = Instant::now();
                 }
             }
         }
