@@ -99,7 +99,8 @@ pub struct SubmitArgs {
     #[arg(long)]
     file: Option<PathBuf>,
     /// Print {"id", "placement"} per task instead of the bare id, with "worker" when the
-    /// placement is "assigned".
+    /// placement is "assigned" ("finished": the id was submitted before and its task has
+    /// ended).
     #[arg(long)]
     json: bool,
 }
