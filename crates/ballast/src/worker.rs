@@ -266,7 +266,7 @@ impl Worker {
             in_flight,
             running: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
-            starting: tokio::sync::Mutex::new(()),
+            starting: tokio::sync::RwLock::new(()),
             resync: AtomicBool::new(false),
             cancelled: Mutex::new(HashSet::new()),
             abandon: AtomicBool::new(false),
@@ -404,6 +404,8 @@ where
 
 /// Most ended tasks reported in one call.
 const REPORT_BATCH: usize = 256;
+/// Most report calls in flight at once.
+const REPORTS_IN_FLIGHT: usize = 4;
 
 /// An ended task on its way to Redis, holding its capacity units until it is recorded.
 struct Report {
@@ -435,9 +437,10 @@ struct Runner {
     /// dead that joins again may get its task back): the lease tells the runs apart, so the
     /// old run's report does not make the new one look unknown (and started again).
     known: Mutex<HashMap<String, i64>>,
-    /// Held while a call that starts tasks runs and while its tasks are started, so that a
-    /// resync sees every started task in `known`.
-    starting: tokio::sync::Mutex<()>,
+    /// Read-held while a call that starts tasks runs and while its tasks are started, so
+    /// that a resync (which write-holds it) sees every started task in `known`. Calls that
+    /// start tasks do not exclude each other: two reports may be in flight at once.
+    starting: tokio::sync::RwLock<()>,
     /// Set when a call that may have started tasks failed: its reply, and the tasks it
     /// started, may be lost; the next call that starts tasks reads what runs here.
     resync: AtomicBool,
@@ -482,10 +485,7 @@ impl Runner {
                     }
                 },
             };
-            if self.resync.load(Ordering::SeqCst) {
-                let _starting = self.starting.lock().await;
-                self.start_all(Vec::new()).await;
-            }
+            self.resync_if_needed().await;
             let got = tokio::select! {
                 r = self.store.wait_inbox(c, &self.queue, &self.worker, INBOX_WAIT) => r,
                 _ = stopped(&mut stop) => return,
@@ -493,7 +493,7 @@ impl Runner {
             match got {
                 Ok(Some(id)) => {
                     let given = [id];
-                    let _starting = self.starting.lock().await;
+                    let starting = self.starting.read().await;
                     // Given up only on shutdown: the popped id stays in the worker's held
                     // set, and leaving hands it back.
                     let tasks = self
@@ -508,7 +508,9 @@ impl Runner {
                         })
                         .await
                         .unwrap_or_default();
-                    self.start_all(tasks).await;
+                    self.start_all(tasks);
+                    drop(starting);
+                    self.resync_if_needed().await;
                     backoff = Duration::from_millis(50);
                 }
                 Ok(None) => {}
@@ -531,13 +533,21 @@ impl Runner {
         (backoff * 2).min(MAX_BACKOFF)
     }
 
-    /// Starts tasks a call handed over and, when an earlier call's reply may have been lost,
-    /// the tasks Redis runs here that this process does not know. Called with `starting`
-    /// held.
-    async fn start_all(self: &Arc<Self>, tasks: Vec<ClaimedTask>) {
+    /// Starts tasks a call handed over. Called with `starting` read-held since the call.
+    fn start_all(self: &Arc<Self>, tasks: Vec<ClaimedTask>) {
         for t in tasks {
             Arc::clone(self).start(t);
         }
+    }
+
+    /// When an earlier call's reply may have been lost, starts the tasks Redis runs here that
+    /// this process does not know. Holds `starting` for writing: every call that started
+    /// tasks has started them here before the comparison.
+    async fn resync_if_needed(self: &Arc<Self>) {
+        if !self.resync.load(Ordering::SeqCst) {
+            return;
+        }
+        let _starting = self.starting.write().await;
         if !self.resync.swap(false, Ordering::SeqCst) {
             return;
         }
@@ -780,17 +790,23 @@ impl Runner {
     /// Reports ended tasks: waits for one, takes every other one already waiting (up to
     /// REPORT_BATCH), records them all in one `finish_tasks` call, and starts the tasks that
     /// call hands back. Under load reports group themselves; when idle each goes at once.
+    /// Up to REPORTS_IN_FLIGHT calls run at once, so that Redis has the next batch while
+    /// this process starts what the last one handed back.
     async fn report(
         self: Arc<Self>,
         mut reports: mpsc::UnboundedReceiver<Report>,
         mut stop: watch::Receiver<bool>,
     ) {
+        let calls = Arc::new(Semaphore::new(REPORTS_IN_FLIGHT));
         loop {
+            let Ok(call) = Arc::clone(&calls).acquire_owned().await else {
+                return;
+            };
             let first = tokio::select! {
                 r = reports.recv() => r,
                 _ = stopped(&mut stop) => None,
             };
-            let Some(first) = first else { return };
+            let Some(first) = first else { break };
             let mut batch = vec![first];
             while batch.len() < REPORT_BATCH {
                 match reports.try_recv() {
@@ -798,51 +814,64 @@ impl Runner {
                     Err(_) => break,
                 }
             }
-            let n = batch.len();
-            let mut next = Vec::new();
-            // Held from the call until what it started is started here (see `starting`).
-            let mut starting = None;
-            if !self.abandon.load(Ordering::SeqCst) {
-                let pairs: Vec<(&ClaimedTask, &Outcome)> =
-                    batch.iter().map(|r| (&r.task, &r.outcome)).collect();
-                starting = Some(self.starting.lock().await);
-                let finished = self
-                    .retry("finish", &self.give_up, || {
-                        self.store.finish_tasks(
-                            &self.queue,
-                            &self.worker,
-                            self.epoch.load(Ordering::SeqCst),
-                            &pairs,
-                            self.claim_max(),
-                        )
-                    })
-                    .await;
-                match finished {
-                    Some((recorded, claimed)) => {
-                        for (r, ok) in batch.iter().zip(recorded) {
-                            if !ok {
-                                tracing::debug!(task = %r.task.id, "outcome not recorded: already recorded, or the task was taken back");
-                            }
-                        }
-                        next = claimed;
-                    }
-                    // Given up at the end of the grace period: nothing more is started.
-                    None => starting = None,
-                }
-            }
-            {
-                let mut known = self.lock_known();
-                for r in &batch {
-                    Runner::forget(&mut known, &r.task);
-                }
-            }
-            drop(batch);
-            if starting.is_some() {
-                self.start_all(next).await;
-            }
-            drop(starting);
-            self.in_flight.send_modify(|v| *v -= n);
+            let runner = Arc::clone(&self);
+            tokio::spawn(async move {
+                runner.report_batch(batch).await;
+                drop(call);
+            });
         }
+        // The calls still in flight end before the reporter does.
+        let _ = calls.acquire_many(REPORTS_IN_FLIGHT as u32).await;
+    }
+
+    /// Records one batch of ended tasks and starts what the call hands back.
+    async fn report_batch(self: Arc<Self>, batch: Vec<Report>) {
+        let n = batch.len();
+        let mut next = Vec::new();
+        // Read-held from the call until what it started is started here (see `starting`).
+        let mut starting = None;
+        if !self.abandon.load(Ordering::SeqCst) {
+            let pairs: Vec<(&ClaimedTask, &Outcome)> =
+                batch.iter().map(|r| (&r.task, &r.outcome)).collect();
+            starting = Some(self.starting.read().await);
+            let finished = self
+                .retry("finish", &self.give_up, || {
+                    self.store.finish_tasks(
+                        &self.queue,
+                        &self.worker,
+                        self.epoch.load(Ordering::SeqCst),
+                        &pairs,
+                        self.claim_max(),
+                    )
+                })
+                .await;
+            match finished {
+                Some((recorded, claimed)) => {
+                    for (r, ok) in batch.iter().zip(recorded) {
+                        if !ok {
+                            tracing::debug!(task = %r.task.id, "outcome not recorded: already recorded, or the task was taken back");
+                        }
+                    }
+                    next = claimed;
+                }
+                // Given up at the end of the grace period: nothing more is started.
+                None => starting = None,
+            }
+        }
+        {
+            let mut known = self.lock_known();
+            for r in &batch {
+                Runner::forget(&mut known, &r.task);
+            }
+        }
+        drop(batch);
+        // Nothing more is started once the call gave up (the grace period is over).
+        if let Some(guard) = starting {
+            self.start_all(next);
+            drop(guard);
+            self.resync_if_needed().await;
+        }
+        self.in_flight.send_modify(|v| *v -= n);
     }
 
     /// Runs the handler under the task's timeout; a panic or a timeout is a failure. A run
