@@ -439,7 +439,8 @@ struct Runner {
     known: Mutex<HashMap<String, i64>>,
     /// Read-held while a call that starts tasks runs and while its tasks are started, so
     /// that a resync (which write-holds it) sees every started task in `known`. Calls that
-    /// start tasks do not exclude each other: two reports may be in flight at once.
+    /// start tasks do not exclude each other: up to REPORTS_IN_FLIGHT reports and a claim
+    /// may be in flight at once.
     starting: tokio::sync::RwLock<()>,
     /// Set when a call that may have started tasks failed: its reply, and the tasks it
     /// started, may be lost; the next call that starts tasks reads what runs here.
@@ -544,7 +545,8 @@ impl Runner {
     /// this process does not know. Holds `starting` for writing: every call that started
     /// tasks has started them here before the comparison.
     async fn resync_if_needed(self: &Arc<Self>) {
-        if !self.resync.load(Ordering::SeqCst) {
+        // Past the grace period nothing starts any more: leaving hands everything back.
+        if !self.resync.load(Ordering::SeqCst) || *self.give_up.borrow() {
             return;
         }
         let _starting = self.starting.write().await;
