@@ -935,7 +935,17 @@ impl Store {
         let mut conn = self.conn.clone();
         let mut call = FINISH_TASKS.key(self.build, format!("{p}worker:{worker}"));
         call.arg(&p).arg(worker).arg(epoch).arg(claim_max);
-        for (task, outcome) in reports {
+        // Successes first, three arguments each; the function answers in that order.
+        let (wins, rest): (Vec<usize>, Vec<usize>) =
+            (0..reports.len()).partition(|&i| matches!(reports[i].1, Outcome::Succeeded(_)));
+        call.arg(wins.len());
+        for &i in &wins {
+            let (task, outcome) = reports[i];
+            let (_, result, _) = outcome_args(outcome);
+            call.arg(&task.id).arg(task.lease).arg(result);
+        }
+        for &i in &rest {
+            let (task, outcome) = reports[i];
             let (state, body, delay) = outcome_args(outcome);
             call.arg(&task.id)
                 .arg(task.lease)
@@ -943,11 +953,12 @@ impl Store {
                 .arg(body)
                 .arg(ms(delay));
         }
-        let (recorded, rows): (Vec<i64>, Vec<String>) = call.invoke_async(&mut conn).await?;
-        Ok((
-            recorded.into_iter().map(|r| r == 1).collect(),
-            ClaimedTask::from_rows(rows)?,
-        ))
+        let (flags, rows): (Vec<i64>, Vec<String>) = call.invoke_async(&mut conn).await?;
+        let mut recorded = vec![false; reports.len()];
+        for (i, flag) in wins.iter().chain(&rest).zip(flags) {
+            recorded[*i] = flag == 1;
+        }
+        Ok((recorded, ClaimedTask::from_rows(rows)?))
     }
 
     /// Drains or removes a worker registered under `epoch`; returns how many tasks it handed

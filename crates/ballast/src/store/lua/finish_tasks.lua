@@ -14,8 +14,11 @@
 -- ARGV[2] string  worker id
 -- ARGV[3] int     the epoch register_worker gave this process
 -- ARGV[4] int     most tasks to claim for this worker afterwards (0 for none)
--- ARGV[5..] five per task: id, lease, outcome ("succeeded", "retry", "failed",
---                 "cancelled"), result JSON or error message, retry delay in ms
+-- ARGV[5] int     S, how many successes follow
+-- then S of three: id, lease, result JSON (the common report goes without its outcome and
+--                 delay: two arguments fewer a task, ~1,200 instructions each)
+-- then the other reports, five each: id, lease, outcome ("retry", "failed" or "cancelled";
+--                 "succeeded" is accepted too), error message, retry delay in ms
 --
 -- Outcomes are fenced by their leases alone: a result is as good from a process declared
 -- dead as from any other, as long as its task was not taken back. Claiming is fenced by the
@@ -23,13 +26,19 @@
 -- replaced by a new process under the same id) claims nothing, or it would start the new
 -- incarnation's tasks.
 --
--- Returns {recorded, claimed}: recorded[i] is 1, or 0 when task i was stale (taken back,
--- nothing written for it); claimed has the shape claim_tasks.lua returns.
+-- Returns {recorded, claimed}: recorded[i] is 1, or 0 when the i-th report (successes
+-- first) was stale (taken back, nothing written for it); claimed has the shape
+-- claim_tasks.lua returns.
 
 local w, epoch, claim_max = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 local recorded, b = {}, new_batch()
-for i = 5, #ARGV, 5 do
+local others = 6 + 3 * tonumber(ARGV[5])
+for i = 6, others - 1, 3 do
+  local ok = finish_one(w, ARGV[i], ARGV[i + 1], 'succeeded', ARGV[i + 2], '0', now, b)
+  recorded[#recorded + 1] = ok and 1 or 0
+end
+for i = others, #ARGV, 5 do
   local ok = finish_one(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], now,
     b)
   recorded[#recorded + 1] = ok and 1 or 0
