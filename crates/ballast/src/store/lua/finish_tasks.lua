@@ -43,12 +43,13 @@ for i = others, #ARGV, 5 do
     b)
   recorded[#recorded + 1] = ok and 1 or 0
 end
-local state = finish_done(w, b, now)
+finish_done(w, b, now)
 -- Tasks placed here start at once; then the inbox tops up the claim (tasks assigned to w
 -- by other calls and not yet taken).
 local me
-if claim_max > 0 and state == 'active' and redis.call('HGET', KEYS[1], 'epoch') == epoch then
-  me = { w = w, max = claim_max, out = {}, n = 0 }
+if claim_max > 0 then
+  local h = redis.call('HMGET', KEYS[1], 'state', 'epoch')
+  if h[1] == 'active' and h[2] == epoch then me = { w = w, max = claim_max, out = {}, n = 0 } end
 end
 place(now, me)
 local claimed = {}

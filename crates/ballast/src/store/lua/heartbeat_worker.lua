@@ -22,8 +22,5 @@ redis.call('HSET', wk, 'heartbeat_at', ts(now))
 redis.call('ZADD', key('heartbeats'), ts(now), w)
 place(now)
 local out = { '1' }
-local cancels = wk .. ':cancel'
-if redis.call('EXISTS', cancels) == 1 then
-  for _, id in ipairs(redis.call('SMEMBERS', cancels)) do out[#out + 1] = id end
-end
+for _, id in ipairs(redis.call('SMEMBERS', cancel_key(w))) do out[#out + 1] = id end
 return out

@@ -38,6 +38,8 @@ local function task_key(id) return P .. 'task:' .. id end
 local function worker_key(w) return P .. 'worker:' .. w end
 local function inbox_key(w) return P .. 'worker:' .. w .. ':inbox' end
 local function held_key(w) return P .. 'worker:' .. w .. ':tasks' end
+-- The running tasks w was asked to cancel.
+local function cancel_key(w) return P .. 'worker:' .. w .. ':cancel' end
 -- Free-capacity index of all accepting workers, or of those carrying one tag.
 local function free_key(tag)
   if tag then return P .. 'free:' .. tag end
@@ -54,7 +56,7 @@ end
 -- number ballast stores is below 2^53.
 local function fmt(n) return string.format('%d', n) end
 
--- Small whole numbers as text and back, made once when the library loads: Lua turns a
+-- Small whole numbers as text and back, made once, by the first call: Lua turns a
 -- number into text through sprintf and text into a number through strtod, and either costs
 -- more than the Redis command that carries it. The hot paths convert the same few small
 -- values (attempts, costs, leases, delays) for every task.
@@ -160,7 +162,6 @@ local function has_tags(w, tags, from)
 end
 
 -- Re-score worker w in the free indexes (or drop it from them when it no longer accepts).
--- Returns the worker's state, which it has read.
 local function index_worker(w)
   local h = redis.call('HMGET', worker_key(w), 'capacity', 'assigned', 'tick', 'tags', 'state')
   local tags = split_tags(h[4])
@@ -171,13 +172,12 @@ local function index_worker(w)
       redis.call('ZREM', free_key(t), w)
       redis.call('ZREM', cap_key(t), w)
     end
-    return h[5]
+    return
   end
   local free = tonumber(h[1]) - tonumber(h[2])
   local score = fmt(free * SHIFT + (SHIFT - 1 - (tonumber(h[3]) % SHIFT)))
   redis.call('ZADD', free_key(), score, w)
   for _, t in ipairs(tags) do redis.call('ZADD', free_key(t), score, w) end
-  return h[5]
 end
 
 -- The largest free capacity of any accepting worker.
@@ -483,8 +483,10 @@ local function place(now, me, got)
     for i = 1, #ids do
       local id = ids[i]
       seen = seen + 1
+      -- The start fields (payload included) only while `me` may still start a task; h[3] is
+      -- the lease either way.
       local h
-      if me then
+      if me and me.n < me.max then
         h = redis.call('HMGET', task_key(id), 'cost', 'tags', unpack(START_FIELDS))
       else
         h = redis.call('HMGET', task_key(id), 'cost', 'tags', 'lease')
@@ -580,7 +582,7 @@ local function unhold(id, w, state, cost)
   redis.call('ZREM', key(state), id)
   redis.call('SREM', held_key(w), id)
   -- A cancel request is void once its task no longer runs here.
-  if state == 'running' then redis.call('SREM', worker_key(w) .. ':cancel', id) end
+  if state == 'running' then redis.call('SREM', cancel_key(w), id) end
   -- An orphan's worker has no record; counting on it would create one.
   if redis.call('EXISTS', worker_key(w)) == 0 then return false end
   redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(cost))
@@ -623,8 +625,8 @@ end
 -- Move a task, already out of its previous index, to a final state (succeeded, failed or
 -- cancelled; failed tasks are the dead letters) and tell waiters (one event per batch: the
 -- ids, space-separated). `b`: a batch that takes its index entry and event (the caller
--- flushes it and trims with finish_done()), or nil to write them now. `job`: the task's
--- {job, chunk} fields when the caller has read them.
+-- flushes it and trims with flush_settled()), or nil to write them now. `job`: the task's
+-- {job, chunk} fields when the caller has read them (NO_JOB: none to tell).
 local function settle(id, state, field, body, now, b, job)
   redis.call('HSET', task_key(id), 'state', state, 'finished_at', ts(now), field, body)
   if b then
@@ -702,7 +704,7 @@ local function cancel(id, now, b, job)
   local state, w = h[1], h[2]
   if state == 'running' then
     redis.call('HSET', tk, 'cancel_requested', 1)
-    redis.call('SADD', worker_key(w) .. ':cancel', id)
+    redis.call('SADD', cancel_key(w), id)
     return 'requested'
   end
   if state == 'pending' then
@@ -743,6 +745,9 @@ end
 -- records the last map outcome creates the reduce task in the same step. A task finishes
 -- once (its lease fences it), so each chunk is counted once and the reduce is made once.
 job_task_settled = function(id, state, body, now, job)
+  -- A job's tasks are named after it (<job>-m<i>, <job>-reduce): an id without a '-' is no
+  -- job's, and its job fields need no read.
+  if not job and not string.find(id, '-', 1, true) then return end
   local j = job or redis.call('HMGET', task_key(id), 'job', 'chunk')
   local jid, chunk = j[1], j[2]
   if not jid then return end
@@ -824,7 +829,7 @@ local function release_worker(w, now)
   end
   local held = redis.call('SMEMBERS', held_key(w))
   for _, id in ipairs(held) do requeue(id, w, now) end
-  redis.call('DEL', worker_key(w), inbox_key(w), held_key(w), worker_key(w) .. ':cancel')
+  redis.call('DEL', worker_key(w), inbox_key(w), held_key(w), cancel_key(w))
   redis.call('SREM', key('workers'), w)
   redis.call('ZREM', key('heartbeats'), w)
   return #held
@@ -861,8 +866,8 @@ end
 -- stopped without the worker knowing why) ends it cancelled. A retry with no attempts left
 -- is the task's last failure; one with attempts left waits in scheduled until `retry_at`.
 -- The attempt goes to the history. What this needs is read here: only these outcomes need
--- it. `b` and `job` as settle() takes them.
-local function end_attempt(id, w, outcome, err, retry_at, now, b, job)
+-- it. `b` as settle() takes it.
+local function end_attempt(id, w, outcome, err, retry_at, now, b)
   local tk = task_key(id)
   local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history',
     'cancel_requested')
@@ -874,7 +879,7 @@ local function end_attempt(id, w, outcome, err, retry_at, now, b, job)
   if outcome == 'retry' then
     schedule(id, retry_at, err)
   else
-    settle(id, outcome, 'error', err, now, b, job)
+    settle(id, outcome, 'error', err, now, b)
   end
 end
 
@@ -892,35 +897,30 @@ local function finish_one(w, id, lease, outcome, body, delay, now, b)
   later(b, 'srem', held_key(w), id)
   b.done[#b.done + 1] = id
   b.freed = b.freed + num(h[4])
-  -- A job's tasks are named after it (<job>-m<i>, <job>-reduce): an id without a '-' is
-  -- no job's, and its job fields need no read (settle() reads them for the others).
-  local job = NO_JOB
-  if string.find(id, '-', 1, true) then job = nil end
   if outcome == 'succeeded' then
-    settle(id, 'succeeded', 'result', body, now, b, job)
+    settle(id, 'succeeded', 'result', body, now, b)
   else
-    end_attempt(id, w, outcome, body, now + num(delay), now, b, job)
+    end_attempt(id, w, outcome, body, now + num(delay), now, b)
   end
   return true
 end
 
 -- After finish_one() calls for worker w that recorded the tasks in b.done and their freed
 -- cost in b.freed. Writes the worker's load and count and batch b, then trims what they
--- settled. Returns the worker's state.
+-- settled.
 local function finish_done(w, b, now)
-  local n, state = #b.done, nil
+  local n = #b.done
   if n > 0 then
     redis.call('HINCRBY', worker_key(w), 'assigned', fmt(-b.freed))
     redis.call('HINCRBY', worker_key(w), 'finished', str(n))
-    state = index_worker(w)
+    index_worker(w)
     -- Cancel requests for tasks that ended anyway are void. There are seldom any: one
     -- look saves passing every finished id to SREM.
-    local cancels = worker_key(w) .. ':cancel'
+    local cancels = cancel_key(w)
     if redis.call('EXISTS', cancels) == 1 then redis.call('SREM', cancels, unpack(b.done)) end
   end
   b.done, b.freed = {}, 0
   flush_settled(b, now)
-  return state or redis.call('HGET', worker_key(w), 'state')
 end
 
 -- Where a task already stored stands, told to a submit that repeats its id (a batch sent

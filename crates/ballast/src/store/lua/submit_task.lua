@@ -25,7 +25,7 @@
 
 local now = now_ms()
 local status, order = submit_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7],
-  ARGV[8], ARGV[9], ARGV[10] or '0', ARGV[11] or '0', now)
+  ARGV[8], ARGV[9], ARGV[10], ARGV[11], now)
 if status == 'exists' then return { existing_placement(ARGV[2]) } end
 if status then return { status, '' } end
 local got = {}
