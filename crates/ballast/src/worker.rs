@@ -333,8 +333,8 @@ impl Worker {
         // Leaving presents the epoch: a process declared dead (and perhaps replaced) changes
         // nothing.
         stop_tx.send_replace(true);
-        // A claim in flight is let finish, up to the end of the grace period (Redis may be
-        // away); whatever a cut claim took stays held here, and leaving hands it back.
+        // A claim in flight gets its last try (Runner::retry), within the grace period at
+        // most; whatever a cut claim took stays held here, and leaving hands it back.
         let mut give_up = runner.give_up.clone();
         tokio::select! {
             _ = &mut fetch => {}
@@ -349,14 +349,8 @@ impl Worker {
             // Out of time: stop what still runs and report none of it; removing the worker
             // below hands those tasks back without using their attempts.
             tracing::warn!(worker = %runner.worker, ?grace, "grace period over: handing back unfinished tasks");
-            {
-                // Under the lock that starting a handler takes, so no run starts after this.
-                let mut running = runner.lock_running();
-                runner.abandon.store(true, Ordering::SeqCst);
-                for (_, (_, handle)) in running.drain() {
-                    handle.abort();
-                }
-            }
+            runner.abandon.store(true, Ordering::SeqCst);
+            runner.stop_handlers();
             let _ = idle.wait_for(|n| *n == 0).await;
         }
         runner.leave(Leave::Remove).await;
@@ -423,7 +417,8 @@ struct Runner {
     capacity: i64,
     tags: Vec<String>,
     config: WorkerConfig,
-    /// The epoch of the current registration; every claim and heartbeat presents it.
+    /// The epoch of the current registration; every call about this worker presents it
+    /// (heartbeat, claim, finish, resync, leave).
     epoch: Arc<AtomicU64>,
     handlers: Handlers,
     slots: Arc<Semaphore>,
@@ -451,9 +446,9 @@ struct Runner {
     /// Set when the grace period ran out: outcomes are no longer reported, and no handler
     /// starts any more.
     abandon: AtomicBool,
-    /// Counts the times this process lost its tasks (declared dead, then registered
-    /// again). A run claimed before that, still waiting for its capacity units, does not
-    /// start its handler: Redis has handed its task to others.
+    /// Counts the times every handler was stopped (`stop_handlers`: declared dead, or the
+    /// grace period over). A run claimed before that, still waiting for its capacity
+    /// units, does not start its handler: its task went back, or goes back on leaving.
     generation: AtomicU64,
     /// Turns true when the grace period is over: see [`Runner::retry`].
     give_up: watch::Receiver<bool>,
@@ -593,10 +588,11 @@ impl Runner {
 
     /// Retries a Redis call with backoff until it succeeds, or until `stop` turns true:
     /// used where giving up would lose an outcome or leave a task stranded while the
-    /// worker runs. Once `stop` is true the call gets one last try of at most LAST_TRY, then
-    /// gives up (`None`) instead of waiting for Redis: what it could not tell goes to other
-    /// workers when this one is declared dead. A failed or cut call may still have run (the
-    /// connection dropped after Redis ran it), so a resync follows.
+    /// worker runs. Once `stop` is true the call in flight (or a new one) gets at most
+    /// LAST_TRY more, then the retry gives up (`None`) instead of waiting for Redis: what it
+    /// could not tell goes to other workers when this one is declared dead. A failed or
+    /// unanswered call may still have run (the connection dropped after Redis ran it), so a
+    /// resync follows.
     async fn retry<T, F, Fut>(
         &self,
         what: &str,
@@ -610,32 +606,29 @@ impl Runner {
         let mut stop = stop.clone();
         let mut backoff = Duration::from_millis(50);
         loop {
-            let last = *stop.borrow();
-            let result = if last {
-                match tokio::time::timeout(LAST_TRY, call()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        self.resync.store(true, Ordering::SeqCst);
-                        tracing::warn!(worker = %self.worker, "{what} got no answer; giving up on shutdown");
-                        return None;
-                    }
-                }
+            let attempt = call();
+            tokio::pin!(attempt);
+            // The store retries a dropped connection itself, for seconds: a stop cuts that
+            // wait short, and the call in flight gets its last try (sent again instead, a
+            // finish would be refused as stale and lose the tasks its reply carries).
+            let answered = if *stop.borrow() {
+                tokio::time::timeout(LAST_TRY, &mut attempt).await
             } else {
-                // The store retries a dropped connection itself, for seconds: a stop
-                // cuts that short and leads to the last try.
                 tokio::select! {
-                    r = call() => r,
-                    _ = stopped(&mut stop) => {
-                        self.resync.store(true, Ordering::SeqCst);
-                        continue;
-                    }
+                    r = &mut attempt => Ok(r),
+                    _ = stopped(&mut stop) => tokio::time::timeout(LAST_TRY, &mut attempt).await,
                 }
+            };
+            let Ok(result) = answered else {
+                self.resync.store(true, Ordering::SeqCst);
+                tracing::warn!(worker = %self.worker, "{what} got no answer; giving up on shutdown");
+                return None;
             };
             match result {
                 Ok(v) => return Some(v),
                 Err(e) => {
                     self.resync.store(true, Ordering::SeqCst);
-                    if last {
+                    if *stop.borrow() {
                         tracing::warn!(worker = %self.worker, error = %e, "{what} failed; giving up on shutdown");
                         return None;
                     }
@@ -708,53 +701,48 @@ impl Runner {
     /// Registers again after being declared dead, retrying while Redis is away, unless
     /// `shutdown` comes first.
     async fn rejoin(&self, shutdown: &watch::Receiver<bool>) -> Result<()> {
-        {
-            // Under the lock that starting a handler takes: no run of the lost generation
-            // starts after this.
-            let mut running = self.lock_running();
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            for (_, (_, handle)) in running.drain() {
-                handle.abort();
+        self.stop_handlers();
+        // At shutdown a registration in flight still gets its last try: one that ran unseen
+        // would be an active record this process cannot leave (its epoch unknown here),
+        // taking work until it is declared dead. An id taken by a live process ends it.
+        let registered = self
+            .retry("register again", shutdown, || async {
+                match self
+                    .store
+                    .register_worker(
+                        &self.queue,
+                        &self.worker,
+                        self.capacity,
+                        &self.tags,
+                        self.config.dead_after,
+                    )
+                    .await
+                {
+                    Err(e @ Error::WorkerIdTaken(_)) => Ok(Err(e)),
+                    other => other.map(Ok),
+                }
+            })
+            .await;
+        match registered {
+            Some(Ok(epoch)) => {
+                self.epoch.store(epoch, Ordering::SeqCst);
+                tracing::warn!(worker = %self.worker, epoch, "registered again after being declared dead");
+                Ok(())
             }
+            Some(Err(taken)) => Err(taken),
+            // Shutting down: nothing to rejoin for.
+            None => Ok(()),
         }
-        let mut shutdown = shutdown.clone();
-        let mut backoff = Duration::from_millis(200);
-        let epoch = loop {
-            let registration = self.store.register_worker(
-                &self.queue,
-                &self.worker,
-                self.capacity,
-                &self.tags,
-                self.config.dead_after,
-            );
-            tokio::pin!(registration);
-            // At shutdown a registration in flight gets a last try to answer: one that ran
-            // unseen would be an active record this process cannot leave (its epoch
-            // unknown here), taking work until it is declared dead.
-            let registered = tokio::select! {
-                r = &mut registration => r,
-                _ = stopped(&mut shutdown) => {
-                    match tokio::time::timeout(LAST_TRY, &mut registration).await {
-                        Ok(r) => r,
-                        Err(_) => return Ok(()),
-                    }
-                }
-            };
-            match registered {
-                Ok(e) => break e,
-                Err(e @ Error::WorkerIdTaken(_)) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(worker = %self.worker, error = %e, "register again failed; retrying");
-                    backoff = self.pause(backoff, &mut shutdown).await;
-                    if *shutdown.borrow() {
-                        return Ok(());
-                    }
-                }
-            }
-        };
-        self.epoch.store(epoch, Ordering::SeqCst);
-        tracing::warn!(worker = %self.worker, epoch, "registered again after being declared dead");
-        Ok(())
+    }
+
+    /// Stops every handler, and every run claimed before now from starting one: a run
+    /// checks the generation under the same lock before it starts its handler.
+    fn stop_handlers(&self) {
+        let mut running = self.lock_running();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for (_, (_, handle)) in running.drain() {
+            handle.abort();
+        }
     }
 
     /// Runs a claimed task in its own tokio task and reports it.
@@ -896,9 +884,7 @@ impl Runner {
         };
         let mut join = {
             let mut running = self.lock_running();
-            if self.abandon.load(Ordering::SeqCst)
-                || self.generation.load(Ordering::SeqCst) != generation
-            {
+            if self.generation.load(Ordering::SeqCst) != generation {
                 return Outcome::Retry {
                     error: "not started: the task went back before it could start here".into(),
                     delay: Duration::ZERO,

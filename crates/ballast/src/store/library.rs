@@ -20,7 +20,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, ToRedisArgs
 const LIB: &str = include_str!("lua/lib.lua");
 
 /// One function of the library: its name and the body it runs. Called as
-/// `F.key(k).arg(a)...invoke_async(conn)`.
+/// `F.key(build, k).arg(a)...invoke_async(conn)` (a store calls `Store::call(F, k)`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Function {
     name: &'static str,
@@ -130,18 +130,23 @@ impl Function {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg(&library.names[self.name]).arg(1).arg(key);
         Call {
-            cmd,
-            before: None,
+            request: Request::Alone(cmd),
             library,
         }
     }
 }
 
+/// What goes to Redis for a call: the `FCALL` alone, or in a pipeline after another command
+/// whose reply is dropped. Built once and sent by reference, also when the library has to
+/// be loaded first: a batch call carries up to 1,000 payloads.
+enum Request {
+    Alone(Cmd),
+    Preceded(redis::Pipeline),
+}
+
 /// A function call being built.
 pub(crate) struct Call {
-    cmd: Cmd,
-    /// A command sent just before the call, in the same round trip.
-    before: Option<Cmd>,
+    request: Request,
     /// The library the function is in, loaded if Redis lacks it.
     library: &'static Library,
 }
@@ -149,13 +154,30 @@ pub(crate) struct Call {
 impl Call {
     /// Appends an argument (ARGV[n]).
     pub(crate) fn arg<A: ToRedisArgs>(&mut self, arg: A) -> &mut Call {
-        self.cmd.arg(arg);
+        match &mut self.request {
+            Request::Alone(cmd) => {
+                cmd.arg(arg);
+            }
+            // A pipeline's `arg` goes to its last command, the FCALL.
+            Request::Preceded(pipe) => {
+                pipe.arg(arg);
+            }
+        }
         self
     }
 
     /// Sends `first` just before the call, in the same round trip (its reply is dropped).
-    pub(crate) fn after(&mut self, first: Cmd) -> &mut Call {
-        self.before = Some(first);
+    /// Errors are told per command, so the call's own error (a missing library) keeps its
+    /// detail rather than coming wrapped as a pipeline failure.
+    pub(crate) fn preceded_by(&mut self, first: Cmd) -> &mut Call {
+        if let Request::Alone(cmd) = &mut self.request {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors()
+                .add_command(first)
+                .ignore()
+                .add_command(std::mem::take(cmd));
+            self.request = Request::Preceded(pipe);
+        }
         self
     }
 
@@ -179,19 +201,13 @@ impl Call {
     }
 
     async fn query<T: FromRedisValue>(&self, conn: &mut impl ConnectionLike) -> RedisResult<T> {
-        let Some(first) = &self.before else {
-            return self.cmd.query_async(conn).await;
-        };
-        // Errors are told per command, so the call's own error (a missing library) keeps
-        // its detail rather than coming wrapped as a pipeline failure.
-        let (reply,): (RedisResult<T>,) = redis::pipe()
-            .ignore_errors()
-            .add_command(first.clone())
-            .ignore()
-            .add_command(self.cmd.clone())
-            .query_async(conn)
-            .await?;
-        reply
+        match &self.request {
+            Request::Alone(cmd) => cmd.query_async(conn).await,
+            Request::Preceded(pipe) => {
+                let (reply,): (RedisResult<T>,) = pipe.query_async(conn).await?;
+                reply
+            }
+        }
     }
 }
 

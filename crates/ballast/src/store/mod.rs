@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncCommands, AsyncConnectionConfig};
+use redis::{AsyncCommands, AsyncConnectionConfig, ToRedisArgs};
 use serde::Serialize;
 
 use crate::error::{Error, Invalid, Result};
@@ -271,41 +271,42 @@ pub(crate) fn split_tags(s: &str) -> Vec<String> {
 }
 
 /// What tasks of one shape share: everything but id and payload.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Shape<'a> {
     kind: &'a str,
-    /// priority, cost, max attempts, timeout, delay, not before: in the order the submit
-    /// functions take them after the tags.
-    numbers: [i64; 6],
+    priority: i64,
+    cost: i64,
     tags: &'a [String],
+    max_attempts: i64,
+    timeout_ms: i64,
+    delay_ms: i64,
+    not_before_ms: i64,
 }
 
 impl<'a> Shape<'a> {
     fn of(spec: &'a TaskSpec, checked: &'a Checked) -> Self {
         Shape {
             kind: &spec.kind,
-            numbers: [
-                spec.priority,
-                spec.cost,
-                spec.max_attempts,
-                spec.timeout_ms,
-                spec.delay_ms,
-                spec.not_before_ms,
-            ],
+            priority: spec.priority,
+            cost: spec.cost,
             tags: &checked.tags,
+            max_attempts: spec.max_attempts,
+            timeout_ms: spec.timeout_ms,
+            delay_ms: spec.delay_ms,
+            not_before_ms: spec.not_before_ms,
         }
     }
 
-    /// The shape's arguments after the kind (and, for submit_task, the payload).
+    /// The shape's arguments after the kind (and, for submit_task, the payload), in the
+    /// order the submit functions take them.
     fn rest_args(&self, call: &mut Call) {
-        let [priority, cost, max_attempts, timeout_ms, delay_ms, not_before_ms] = self.numbers;
-        call.arg(priority)
-            .arg(cost)
+        call.arg(self.priority)
+            .arg(self.cost)
             .arg(self.tags.join(","))
-            .arg(max_attempts)
-            .arg(timeout_ms)
-            .arg(delay_ms)
-            .arg(not_before_ms);
+            .arg(self.max_attempts)
+            .arg(self.timeout_ms)
+            .arg(self.delay_ms)
+            .arg(self.not_before_ms);
     }
 }
 
@@ -408,6 +409,11 @@ impl Store {
         )
         .await?;
         Ok(())
+    }
+
+    /// A call of function `f` with its one key, in the library build this handle calls.
+    fn call<K: ToRedisArgs>(&self, f: &Function, key: K) -> Call {
+        f.key(self.build, key)
     }
 
     /// For benchmarks only: this handle, calling the bench build of the function library,
@@ -516,8 +522,8 @@ impl Store {
     async fn submit_task_once(&self, spec: &TaskSpec, checked: &Checked) -> Result<Placement> {
         let mut conn = self.conn.clone();
         let p = prefix(&spec.queue);
-        let mut call = SUBMIT_TASK.key(self.build, format!("{p}task:{}", spec.id));
-        call.after(Store::remember_queue(&spec.queue));
+        let mut call = self.call(&SUBMIT_TASK, format!("{p}task:{}", spec.id));
+        call.preceded_by(Store::remember_queue(&spec.queue));
         call.arg(&p).arg(&spec.id);
         call.arg(&spec.kind).arg(&checked.payload);
         Shape::of(spec, checked).rest_args(&mut call);
@@ -530,11 +536,6 @@ impl Store {
     /// placement told as it stands: a batch sent again after its reply was lost submits
     /// nothing twice and reports what the first call did.
     pub async fn submit_tasks(&self, tasks: &[(&TaskSpec, &Checked)]) -> Result<Vec<Placement>> {
-        self.again(|| self.submit_tasks_once(tasks)).await
-    }
-
-    async fn submit_tasks_once(&self, tasks: &[(&TaskSpec, &Checked)]) -> Result<Vec<Placement>> {
-        let mut conn = self.conn.clone();
         let mut out = Vec::with_capacity(tasks.len());
         // One call per run of tasks of one queue (a queue is one slot), 1,000 at most.
         for run in tasks.chunk_by(|a, b| a.0.queue == b.0.queue) {
@@ -543,17 +544,17 @@ impl Store {
             for chunk in run.chunks(1000) {
                 // Each distinct shape (everything but id and payload) is sent once.
                 let mut shapes: Vec<Shape> = Vec::new();
-                let mut numbers = HashMap::new();
+                let mut index = HashMap::new();
                 let mut shape_of = Vec::with_capacity(chunk.len());
                 for &(spec, checked) in chunk {
-                    let n = *numbers.entry(Shape::of(spec, checked)).or_insert_with(|| {
-                        shapes.push(Shape::of(spec, checked));
+                    let shape = Shape::of(spec, checked);
+                    shape_of.push(*index.entry(shape).or_insert_with(|| {
+                        shapes.push(shape);
                         shapes.len()
-                    });
-                    shape_of.push(n);
+                    }));
                 }
-                let mut call = SUBMIT_TASKS.key(self.build, format!("{p}pending"));
-                call.after(Store::remember_queue(queue));
+                let mut call = self.call(&SUBMIT_TASKS, format!("{p}pending"));
+                call.preceded_by(Store::remember_queue(queue));
                 call.arg(&p).arg(shapes.len());
                 for shape in &shapes {
                     call.arg(shape.kind);
@@ -562,7 +563,15 @@ impl Store {
                 for ((spec, checked), shape) in chunk.iter().zip(shape_of) {
                     call.arg(&spec.id).arg(&checked.payload).arg(shape);
                 }
-                let replies: Vec<String> = call.invoke_async(&mut conn).await?;
+                // Each chunk is sent again on its own after a dropped connection: a chunk
+                // already stored is told where its tasks went, and no earlier chunk is sent
+                // twice.
+                let replies: Vec<String> = self
+                    .again(|| async {
+                        let mut conn = self.conn.clone();
+                        Ok(call.invoke_async(&mut conn).await?)
+                    })
+                    .await?;
                 for r in replies.chunks(2) {
                     out.push(placement(r)?);
                 }
@@ -774,9 +783,9 @@ impl Store {
     ) -> Result<u64> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = REGISTER_WORKER
-            .key(self.build, format!("{p}worker:{worker}"))
-            .after(Store::remember_queue(queue))
+        let reply: Vec<String> = self
+            .call(&REGISTER_WORKER, format!("{p}worker:{worker}"))
+            .preceded_by(Store::remember_queue(queue))
             .arg(&p)
             .arg(worker)
             .arg(capacity)
@@ -807,8 +816,8 @@ impl Store {
     ) -> Result<Option<Vec<String>>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let mut reply: Vec<String> = HEARTBEAT_WORKER
-            .key(self.build, format!("{p}worker:{worker}"))
+        let mut reply: Vec<String> = self
+            .call(&HEARTBEAT_WORKER, format!("{p}worker:{worker}"))
             .arg(&p)
             .arg(worker)
             .arg(epoch)
@@ -862,8 +871,8 @@ impl Store {
     ) -> Result<Vec<ClaimedTask>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let rows: Vec<String> = CLAIM_TASKS
-            .key(self.build, format!("{p}worker:{worker}:inbox"))
+        let rows: Vec<String> = self
+            .call(&CLAIM_TASKS, format!("{p}worker:{worker}:inbox"))
             .arg(&p)
             .arg(worker)
             .arg(epoch)
@@ -886,8 +895,8 @@ impl Store {
     ) -> Result<Vec<ClaimedTask>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let rows: Vec<String> = RESYNC_WORKER
-            .key(self.build, format!("{p}worker:{worker}:tasks"))
+        let rows: Vec<String> = self
+            .call(&RESYNC_WORKER, format!("{p}worker:{worker}:tasks"))
             .arg(&p)
             .arg(worker)
             .arg(epoch)
@@ -933,7 +942,7 @@ impl Store {
     ) -> Result<(Vec<bool>, Vec<ClaimedTask>)> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let mut call = FINISH_TASKS.key(self.build, format!("{p}worker:{worker}"));
+        let mut call = self.call(&FINISH_TASKS, format!("{p}worker:{worker}"));
         call.arg(&p).arg(worker).arg(epoch).arg(claim_max);
         // Successes first, three arguments each; the function answers in that order.
         let (wins, rest): (Vec<usize>, Vec<usize>) =
@@ -973,8 +982,8 @@ impl Store {
     ) -> Result<Option<u64>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let back: i64 = LEAVE_WORKER
-            .key(self.build, format!("{p}worker:{worker}"))
+        let back: i64 = self
+            .call(&LEAVE_WORKER, format!("{p}worker:{worker}"))
             .arg(&p)
             .arg(worker)
             .arg(epoch)
@@ -995,8 +1004,8 @@ impl Store {
     pub async fn recover_workers(&self, queue: &str, dead_after: Duration) -> Result<(u64, u64)> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let (dead, back): (u64, u64) = RECOVER_WORKERS
-            .key(self.build, format!("{p}heartbeats"))
+        let (dead, back): (u64, u64) = self
+            .call(&RECOVER_WORKERS, format!("{p}heartbeats"))
             .arg(&p)
             .arg(ms(dead_after))
             .arg(100)
@@ -1011,8 +1020,8 @@ impl Store {
     pub async fn promote_tasks(&self, queue: &str) -> Result<(u64, Option<Duration>)> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let (moved, next_ms): (u64, i64) = PROMOTE_TASKS
-            .key(self.build, format!("{p}scheduled"))
+        let (moved, next_ms): (u64, i64) = self
+            .call(&PROMOTE_TASKS, format!("{p}scheduled"))
             .arg(&p)
             .arg(1000)
             .invoke_async(&mut conn)
@@ -1025,8 +1034,8 @@ impl Store {
     pub async fn cancel_task(&self, queue: &str, id: &str) -> Result<Cancel> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = CANCEL_TASK
-            .key(self.build, format!("{p}task:{id}"))
+        let reply: Vec<String> = self
+            .call(&CANCEL_TASK, format!("{p}task:{id}"))
             .arg(&p)
             .arg(id)
             .invoke_async(&mut conn)
@@ -1075,8 +1084,8 @@ impl Store {
     pub async fn submit_job(&self, h: &JobHeader, total: usize) -> Result<()> {
         let p = prefix(&h.queue);
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = SUBMIT_JOB
-            .key(self.build, format!("{p}job:{}", h.id))
+        let reply: Vec<String> = self
+            .call(&SUBMIT_JOB, format!("{p}job:{}", h.id))
             .arg(&p)
             .arg(&h.id)
             .arg(&h.queue)
@@ -1185,8 +1194,8 @@ impl Store {
     pub async fn cancel_job(&self, queue: &str, id: &str) -> Result<Cancel> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = CANCEL_JOB
-            .key(self.build, format!("{p}job:{id}"))
+        let reply: Vec<String> = self
+            .call(&CANCEL_JOB, format!("{p}job:{id}"))
             .arg(&p)
             .arg(id)
             .invoke_async(&mut conn)
@@ -1223,8 +1232,8 @@ impl Store {
         let mut conn = self.conn.clone();
         let mut n = 0;
         for chunk in ids.chunks(1000) {
-            let done: u64 = function
-                .key(self.build, format!("{p}failed"))
+            let done: u64 = self
+                .call(function, format!("{p}failed"))
                 .arg(&p)
                 .arg(chunk)
                 .invoke_async(&mut conn)
