@@ -86,7 +86,6 @@ async fn a_running_task_is_flagged_for_its_worker_and_a_final_one_is_left_alone(
 async fn a_task_asked_to_stop_is_not_retried_and_a_revived_one_forgets_the_request() {
     let mut env = Env::start().await;
     env.register(Q, "w", 1, &[]).await;
-    let epoch = env.epoch(Q, "w").await;
     let id = env.submit(task(Q, 1).max_attempts(5)).await;
     let t = env.claim(Q, "w", 1).await.remove(0);
     env.store.cancel_task(Q, &id).await.expect("cancel");
@@ -95,11 +94,7 @@ async fn a_task_asked_to_stop_is_not_retried_and_a_revived_one_forgets_the_reque
         error: "handler was stopped".into(),
         delay: Duration::ZERO,
     };
-    let got = env
-        .store
-        .finish_task(Q, "w", epoch, &t, &retry, 0)
-        .await
-        .expect("finish");
+    let got = env.report(Q, "w", &t, &retry, 0).await;
     assert_eq!(got, Finish::Recorded(vec![]));
     let r = env.task_record(Q, &id).await;
     assert_eq!(
@@ -114,10 +109,7 @@ async fn a_task_asked_to_stop_is_not_retried_and_a_revived_one_forgets_the_reque
     let t = env.claim(Q, "w", 1).await.remove(0);
     env.store.cancel_task(Q, &dead).await.expect("cancel");
     let failed = Outcome::Failed("broken".into());
-    env.store
-        .finish_task(Q, "w", epoch, &t, &failed, 0)
-        .await
-        .expect("finish");
+    env.report(Q, "w", &t, &failed, 0).await;
     assert_eq!(env.task_hash(Q, &dead).await["cancel_requested"], "1");
     assert_eq!(
         env.store
@@ -131,10 +123,7 @@ async fn a_task_asked_to_stop_is_not_retried_and_a_revived_one_forgets_the_reque
         .await
         .contains_key("cancel_requested"));
     let t = env.claim(Q, "w", 1).await.remove(0);
-    env.store
-        .finish_task(Q, "w", epoch, &t, &retry, 0)
-        .await
-        .expect("finish");
+    env.report(Q, "w", &t, &retry, 0).await;
     assert_eq!(env.task_hash(Q, &dead).await["state"], "scheduled");
     env.assert_sound(Q).await;
 }

@@ -205,11 +205,7 @@ async fn a_given_id_no_longer_assigned_to_the_worker_is_skipped() {
 
     // Before w1 claims it, w1 drains: the task is handed back and placed on w2.
     env.register(Q, "w2", 1, &[]).await;
-    let back = env
-        .store
-        .leave_worker(Q, "w1", env.epoch(Q, "w1").await, Leave::Drain)
-        .await
-        .expect("drain");
+    let back = env.leave(Q, "w1", Leave::Drain).await;
     assert_eq!(back, Some(1));
     assert_eq!(env.worker_of(Q, &t).await.as_deref(), Some("w2"));
     let before = env.snapshot().await;

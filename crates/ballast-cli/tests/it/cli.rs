@@ -86,14 +86,7 @@ pub(crate) async fn worker_with(
         if let Ok(Some(status)) = proc.0.try_wait() {
             panic!("worker {id} exited before it registered: {status}");
         }
-        async move {
-            env.store
-                .workers(queue)
-                .await
-                .expect("workers")
-                .iter()
-                .any(|w| w.id == id)
-        }
+        async move { env.epoch(queue, id).await > 0 }
     })
     .await;
     proc

@@ -28,17 +28,8 @@ async fn success_is_recorded_and_the_cost_freed() {
 
     let lo = env.now_ms().await;
     let got = env
-        .store
-        .finish_task(
-            Q,
-            "w",
-            env.epoch(Q, "w").await,
-            &t,
-            &Outcome::Succeeded(r#"{"ok":true}"#.into()),
-            0,
-        )
-        .await
-        .expect("finish");
+        .report(Q, "w", &t, &Outcome::Succeeded(r#"{"ok":true}"#.into()), 0)
+        .await;
     let hi = env.now_ms().await;
     assert_eq!(got, Finish::Recorded(vec![]));
 
@@ -116,17 +107,8 @@ async fn failure_is_recorded_with_its_error() {
     let t = running(&mut env, 2, 2).await;
     let lo = env.now_ms().await;
     let got = env
-        .store
-        .finish_task(
-            Q,
-            "w",
-            env.epoch(Q, "w").await,
-            &t,
-            &Outcome::Failed("disk full".into()),
-            3,
-        )
-        .await
-        .expect("finish");
+        .report(Q, "w", &t, &Outcome::Failed("disk full".into()), 3)
+        .await;
     let hi = env.now_ms().await;
     assert_eq!(got, Finish::Recorded(vec![]));
     let mut h = env.task_hash(Q, &t.id).await;
@@ -245,11 +227,7 @@ async fn a_stale_lease_or_wrong_worker_is_refused_and_writes_nothing() {
         ("w2", &t),
         ("nobody", &t),
     ] {
-        let got = env
-            .store
-            .finish_task(Q, who, env.epoch(Q, who).await, task, &ok, 0)
-            .await
-            .expect("finish");
+        let got = env.report(Q, who, task, &ok, 0).await;
         assert_eq!(got, Finish::Stale(vec![]), "{who} lease {}", task.lease);
         assert_eq!(env.snapshot().await, before, "{who} lease {}", task.lease);
     }
@@ -259,11 +237,7 @@ async fn a_stale_lease_or_wrong_worker_is_refused_and_writes_nothing() {
         lease: 1,
         ..t.clone()
     };
-    let got = env
-        .store
-        .finish_task(Q, "w2", env.epoch(Q, "w2").await, &on_w2, &ok, 0)
-        .await
-        .expect("finish");
+    let got = env.report(Q, "w2", &on_w2, &ok, 0).await;
     assert_eq!(got, Finish::Stale(vec![]));
     assert_eq!(env.snapshot().await, before);
     // Nor an unknown task.
@@ -271,11 +245,7 @@ async fn a_stale_lease_or_wrong_worker_is_refused_and_writes_nothing() {
         id: "ghost".into(),
         ..t.clone()
     };
-    let got = env
-        .store
-        .finish_task(Q, "w", env.epoch(Q, "w").await, &ghost, &ok, 5)
-        .await
-        .expect("finish");
+    let got = env.report(Q, "w", &ghost, &ok, 5).await;
     assert_eq!(got, Finish::Stale(vec![]));
     assert_eq!(env.snapshot().await, before);
     env.assert_sound(Q).await;
@@ -284,17 +254,8 @@ async fn a_stale_lease_or_wrong_worker_is_refused_and_writes_nothing() {
     assert!(env.finish(Q, "w", &t, 0).await.is_empty());
     let after = env.snapshot().await;
     let got = env
-        .store
-        .finish_task(
-            Q,
-            "w",
-            env.epoch(Q, "w").await,
-            &t,
-            &Outcome::Failed("late".into()),
-            5,
-        )
-        .await
-        .expect("finish");
+        .report(Q, "w", &t, &Outcome::Failed("late".into()), 5)
+        .await;
     assert_eq!(got, Finish::Stale(vec![]));
     assert_eq!(env.snapshot().await, after);
     assert_eq!(env.task_hash(Q, &t.id).await["state"], "succeeded");
@@ -307,11 +268,7 @@ async fn a_task_taken_back_cannot_be_finished_under_its_old_lease() {
     let t = running(&mut env, 2, 2).await;
     env.register(Q, "w2", 2, &[]).await;
     // w is removed while running t: t goes back and is placed on w2 under lease 2.
-    let back = env
-        .store
-        .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Remove)
-        .await
-        .expect("remove");
+    let back = env.leave(Q, "w", Leave::Remove).await;
     assert_eq!(back, Some(1));
     let h = env.task_hash(Q, &t.id).await;
     assert_eq!(
@@ -325,17 +282,8 @@ async fn a_task_taken_back_cannot_be_finished_under_its_old_lease() {
     let before = env.snapshot().await;
     for who in ["w", "w2"] {
         let got = env
-            .store
-            .finish_task(
-                Q,
-                who,
-                env.epoch(Q, who).await,
-                &t,
-                &Outcome::Succeeded("1".into()),
-                0,
-            )
-            .await
-            .expect("finish");
+            .report(Q, who, &t, &Outcome::Succeeded("1".into()), 0)
+            .await;
         assert_eq!(got, Finish::Stale(vec![]), "{who}");
         assert_eq!(env.snapshot().await, before);
     }
@@ -347,10 +295,7 @@ async fn a_draining_worker_finishes_but_claims_nothing_more() {
     let mut env = Env::start().await;
     let t1 = running(&mut env, 2, 2).await;
     let t2 = env.submit(task(Q, 1)).await;
-    env.store
-        .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Drain)
-        .await
-        .expect("drain");
+    env.leave(Q, "w", Leave::Drain).await;
     assert!(env.finish(Q, "w", &t1, 5).await.is_empty());
     assert_eq!(env.zrange(Q, "pending").await, vec![t2]);
     assert_eq!(env.worker_int(Q, "w", "assigned").await, 0);

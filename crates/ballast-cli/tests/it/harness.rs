@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
-use ballast::store::{prefix, ClaimedTask, Finish, Outcome, Store};
+use ballast::store::{prefix, ClaimedTask, Finish, Leave, Outcome, Store};
 use ballast::testing::RedisServer;
-use ballast::{Client, TaskRecord, TaskSpec};
+use ballast::{Client, Placement, TaskRecord, TaskSpec};
 use redis::AsyncCommands;
 
 /// A private Redis with a store and a raw connection on it. Dropping it kills the server.
@@ -306,6 +306,29 @@ impl Env {
             .expect("claim")
     }
 
+    /// Reports `outcome` for a claimed task under the worker's current epoch, claiming up to
+    /// `claim_max` next tasks; returns what Redis answered (recorded or stale).
+    pub async fn report(
+        &self,
+        queue: &str,
+        w: &str,
+        task: &ClaimedTask,
+        outcome: &Outcome,
+        claim_max: usize,
+    ) -> Finish {
+        self.store
+            .finish_task(
+                queue,
+                w,
+                self.epoch(queue, w).await,
+                task,
+                outcome,
+                claim_max,
+            )
+            .await
+            .expect("finish")
+    }
+
     /// Finishes a claimed task successfully with result `null`, claiming up to `claim_max`
     /// next tasks; panics unless it was recorded. Returns the newly claimed tasks.
     pub async fn finish(
@@ -315,22 +338,20 @@ impl Env {
         task: &ClaimedTask,
         claim_max: usize,
     ) -> Vec<ClaimedTask> {
-        match self
-            .store
-            .finish_task(
-                queue,
-                w,
-                self.epoch(queue, w).await,
-                task,
-                &Outcome::Succeeded("null".into()),
-                claim_max,
-            )
-            .await
-            .expect("finish")
-        {
+        let ok = Outcome::Succeeded("null".into());
+        match self.report(queue, w, task, &ok, claim_max).await {
             Finish::Recorded(next) => next,
             Finish::Stale(_) => panic!("finishing {} on {w} was refused as stale", task.id),
         }
+    }
+
+    /// Drains or removes the worker under its current epoch; returns how many tasks it
+    /// handed back, or `None` when Redis refused the epoch.
+    pub async fn leave(&self, queue: &str, w: &str, how: Leave) -> Option<u64> {
+        self.store
+            .leave_worker(queue, w, self.epoch(queue, w).await, how)
+            .await
+            .expect("leave")
     }
 
     /// The worker each task is assigned to or runs on (`None` for a task with no worker).
@@ -350,6 +371,17 @@ impl Env {
             .parse()
             .expect("integer field")
     }
+}
+
+/// Submits a task and returns its id and where it went.
+pub async fn put(env: &Env, spec: TaskSpec) -> (String, Placement) {
+    let placed = env.client.submit(&spec).await.expect("submit");
+    (spec.id, placed)
+}
+
+/// The placement of a task assigned to worker `w`.
+pub fn on(w: &str) -> Placement {
+    Placement::Assigned(w.to_string())
 }
 
 /// A worker's current epoch, 0 when it is not registered.

@@ -50,10 +50,7 @@ async fn unknown_worker_returns_false_and_writes_nothing() {
 
     // A removed worker is unknown too: it must register again.
     env.register(Q, "w", 2, &[]).await;
-    env.store
-        .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Remove)
-        .await
-        .expect("remove");
+    env.leave(Q, "w", Leave::Remove).await;
     let before = env.snapshot().await;
     assert!(env.beat(Q, "w").await.is_none());
     assert_eq!(env.snapshot().await, before);
@@ -65,10 +62,7 @@ async fn unknown_worker_returns_false_and_writes_nothing() {
 async fn a_draining_worker_still_beats_and_stays_out_of_the_free_index() {
     let mut env = Env::start().await;
     env.register(Q, "w", 2, &[]).await;
-    env.store
-        .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Drain)
-        .await
-        .expect("drain");
+    env.leave(Q, "w", Leave::Drain).await;
     let lo = env.now_ms().await;
     assert!(env.beat(Q, "w").await.is_some());
     let hi = env.now_ms().await;

@@ -19,11 +19,7 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
     assert_eq!(started[0].id, t1);
     let h1_before = env.task_hash(Q, &t1).await;
 
-    let back = env
-        .store
-        .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Drain)
-        .await
-        .expect("drain");
+    let back = env.leave(Q, "w", Leave::Drain).await;
     assert_eq!(back, Some(1));
 
     let w = env.worker_hash(Q, "w").await;
@@ -103,11 +99,7 @@ async fn drain_places_handed_back_tasks_on_another_worker() {
     assert_eq!(started[0].id, t1);
     env.register(Q, "w2", 2, &[]).await;
 
-    let back = env
-        .store
-        .leave_worker(Q, "w1", env.epoch(Q, "w1").await, Leave::Drain)
-        .await
-        .expect("drain");
+    let back = env.leave(Q, "w1", Leave::Drain).await;
     assert_eq!(back, Some(2));
     // In order: t2 fills w2, t3 waits.
     let h2 = env.task_hash(Q, &t2).await;
@@ -139,11 +131,7 @@ async fn remove_hands_back_everything_and_deletes_the_worker() {
     assert_eq!(started[0].id, t1);
     env.register(Q, "w2", 1, &[]).await;
 
-    let back = env
-        .store
-        .leave_worker(Q, "w1", env.epoch(Q, "w1").await, Leave::Remove)
-        .await
-        .expect("remove");
+    let back = env.leave(Q, "w1", Leave::Remove).await;
     assert_eq!(back, Some(2));
 
     // t1 (first in order) goes to w2 under a new lease. Its run was cut short by the removal,
@@ -214,21 +202,9 @@ async fn remove_after_drain_hands_back_the_running_tasks() {
     env.register(Q, "w", 2, &[]).await;
     let t = env.submit(task(Q, 2)).await;
     env.claim(Q, "w", 1).await;
-    assert_eq!(
-        env.store
-            .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Drain)
-            .await
-            .expect("drain"),
-        Some(0)
-    );
+    assert_eq!(env.leave(Q, "w", Leave::Drain).await, Some(0));
     assert_eq!(env.task_hash(Q, &t).await["state"], "running");
-    assert_eq!(
-        env.store
-            .leave_worker(Q, "w", env.epoch(Q, "w").await, Leave::Remove)
-            .await
-            .expect("remove"),
-        Some(1)
-    );
+    assert_eq!(env.leave(Q, "w", Leave::Remove).await, Some(1));
     assert_eq!(env.zrange(Q, "pending").await, vec![t.clone()]);
     // The run cut short gives its attempt back; `runs` and `requeues` record what happened.
     let mut h = env.task_hash(Q, &t).await;

@@ -5,19 +5,9 @@
 
 use ballast::{Placement, TaskSpec};
 
-use crate::harness::{task, Env};
+use crate::harness::{on, put, task, Env};
 
 const Q: &str = "jobs";
-
-/// Submits and returns (id, placement).
-async fn put(env: &Env, spec: TaskSpec) -> (String, Placement) {
-    let placed = env.client.submit(&spec).await.expect("submit");
-    (spec.id, placed)
-}
-
-fn on(w: &str) -> Placement {
-    Placement::Assigned(w.to_string())
-}
 
 #[tokio::test]
 async fn higher_priority_first_fifo_within_a_priority() {

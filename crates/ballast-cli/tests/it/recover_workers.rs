@@ -241,16 +241,28 @@ async fn a_replaced_process_neither_claims_nor_leaves_for_its_successor() {
 /// Makes `w` vanish the way a restore from an older snapshot or a hand-made DEL would: its
 /// tasks then name a worker nobody knows.
 async fn forget_worker(env: &mut Env, w: &str) {
-    let p = prefix(Q);
     let _: () = env
         .raw
-        .del(&[format!("{p}worker:{w}"), format!("{p}worker:{w}:tasks")])
+        .del(&[
+            qkey(Q, &format!("worker:{w}")),
+            qkey(Q, &format!("worker:{w}:tasks")),
+        ])
         .await
         .expect("del");
-    let _: () = env.raw.srem(format!("{p}workers"), w).await.expect("srem");
+    let _: () = env.raw.srem(qkey(Q, "workers"), w).await.expect("srem");
     for index in ["heartbeats", "free", "cap"] {
-        let _: () = env.raw.zrem(format!("{p}{index}"), w).await.expect("zrem");
+        let _: () = env.raw.zrem(qkey(Q, index), w).await.expect("zrem");
     }
+}
+
+/// Moves task `id`'s lease 10 s into the past (server clock), as if its worker hung.
+async fn expire_lease(env: &mut Env, id: &str) {
+    let past = env.now_ms().await - 10_000;
+    let _: () = env
+        .raw
+        .zadd(qkey(Q, "running"), id, past)
+        .await
+        .expect("zadd");
 }
 
 #[tokio::test]
@@ -391,13 +403,7 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
         .await;
     let stale = env.claim(Q, "hung", 1).await.remove(0);
     // The worker keeps heartbeating but never reports: move its lease 10 s into the past.
-    let p = prefix(Q);
-    let past = env.now_ms().await - 10_000;
-    let _: () = env
-        .raw
-        .zadd(format!("{p}running"), &id, past)
-        .await
-        .expect("zadd");
+    expire_lease(&mut env, &id).await;
     assert!(env.beat(Q, "hung").await.is_some());
     assert_eq!(
         env.store
@@ -422,28 +428,14 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
     env.assert_sound(Q).await;
     // The hung worker's late report is refused.
     let late = env
-        .store
-        .finish_task(
-            Q,
-            "hung",
-            env.epoch(Q, "hung").await,
-            &stale,
-            &Outcome::Succeeded("1".into()),
-            0,
-        )
-        .await
-        .expect("finish");
+        .report(Q, "hung", &stale, &Outcome::Succeeded("1".into()), 0)
+        .await;
     assert_eq!(late, Finish::Stale(vec![]));
 
     // Second and last attempt: its lease expires too, and the task is a dead letter.
     env.store.promote_tasks(Q).await.expect("promote");
     env.claim(Q, "hung", 1).await;
-    let past = env.now_ms().await - 10_000;
-    let _: () = env
-        .raw
-        .zadd(format!("{p}running"), &id, past)
-        .await
-        .expect("zadd");
+    expire_lease(&mut env, &id).await;
     assert_eq!(
         env.store
             .recover_workers(Q, DEAD_AFTER)
@@ -473,12 +465,7 @@ async fn an_expired_lease_of_a_task_asked_to_stop_cancels_it() {
     env.claim(Q, "hung", 1).await;
     env.store.cancel_task(Q, &id).await.expect("cancel");
     // The lease ran out long ago (more than dead-after) while the worker kept beating.
-    let past = env.now_ms().await - 10_000;
-    let _: () = env
-        .raw
-        .zadd(qkey(Q, "running"), &id, past)
-        .await
-        .expect("zadd");
+    expire_lease(&mut env, &id).await;
     env.store
         .recover_workers(Q, DEAD_AFTER)
         .await

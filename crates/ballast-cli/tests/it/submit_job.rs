@@ -25,11 +25,7 @@ async fn job(env: &Env, n: usize, tolerate: i64) -> String {
 }
 
 async fn finish(env: &Env, w: &str, t: &ClaimedTask, outcome: Outcome) {
-    let got = env
-        .store
-        .finish_task(Q, w, env.epoch(Q, w).await, t, &outcome, 0)
-        .await
-        .expect("finish");
+    let got = env.report(Q, w, t, &outcome, 0).await;
     assert!(matches!(got, Finish::Recorded(_)), "{got:?}");
 }
 
@@ -118,17 +114,8 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
         .await
         .expect("recover");
     let stale = env
-        .store
-        .finish_task(
-            Q,
-            "a",
-            env.epoch(Q, "a").await,
-            &first,
-            &Outcome::Succeeded("{}".into()),
-            0,
-        )
-        .await
-        .expect("finish");
+        .report(Q, "a", &first, &Outcome::Succeeded("{}".into()), 0)
+        .await;
     assert_eq!(stale, Finish::Stale(vec![]));
     let p = prefix(Q);
     let j = env.hash(&format!("{p}job:{jid}")).await;

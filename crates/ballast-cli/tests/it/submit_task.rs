@@ -9,7 +9,7 @@ use ballast::{Placement, QueueCounts, TaskSpec, TaskState};
 use serde_json::json;
 
 use crate::harness::{
-    expect_keys, free_score, order_score, qkey, strmap, take_time, task, Env, ORDER_SHIFT,
+    expect_keys, free_score, on, order_score, put, qkey, strmap, take_time, task, Env, ORDER_SHIFT,
 };
 
 const Q: &str = "jobs";
@@ -131,13 +131,11 @@ async fn order_puts_higher_priority_first_and_keeps_submission_order() {
 async fn assigned_when_a_worker_has_room() {
     let mut env = Env::start().await;
     env.register(Q, "w1", 4, &[]).await;
-    let spec = task(Q, 3);
     let lo = env.now_ms().await;
-    let placed = env.client.submit(&spec).await.expect("submit");
+    let (id, placed) = put(&env, task(Q, 3)).await;
     let hi = env.now_ms().await;
-    assert_eq!(placed, Placement::Assigned("w1".into()));
+    assert_eq!(placed, on("w1"));
 
-    let id = spec.id.clone();
     let mut h = env.task_hash(Q, &id).await;
     let submitted = take_time(&mut h, "submitted_at", lo, hi);
     let assigned = take_time(&mut h, "assigned_at", submitted, hi);
@@ -193,23 +191,17 @@ async fn pending_when_no_worker_has_room() {
     // Registration parks what no worker could ever run.
     assert_eq!(env.zrange(Q, "parked").await, vec![lonely.clone()]);
 
-    let first = task(Q, 2);
-    assert_eq!(
-        env.client.submit(&first).await.expect("submit"),
-        Placement::Assigned("w1".into())
-    );
+    let (first, p) = put(&env, task(Q, 2)).await;
+    assert_eq!(p, on("w1"));
     // The worker is full: a task that fits it once it frees up waits in pending.
-    let second = task(Q, 1);
-    assert_eq!(
-        env.client.submit(&second).await.expect("submit"),
-        Placement::Pending
-    );
-    assert_eq!(env.zrange(Q, "pending").await, vec![second.id.clone()]);
+    let (second, p) = put(&env, task(Q, 1)).await;
+    assert_eq!(p, Placement::Pending);
+    assert_eq!(env.zrange(Q, "pending").await, vec![second.clone()]);
     assert_eq!(env.zrange(Q, "parked").await, vec![lonely.clone()]);
-    assert_eq!(env.task_hash(Q, &second.id).await["state"], "pending");
-    assert!(!env.task_hash(Q, &second.id).await.contains_key("worker"));
+    assert_eq!(env.task_hash(Q, &second).await["state"], "pending");
+    assert!(!env.task_hash(Q, &second).await.contains_key("worker"));
     assert_eq!(env.worker_int(Q, "w1", "assigned").await, 2);
-    assert_eq!(env.inbox(Q, "w1").await, vec![first.id.clone()]);
+    assert_eq!(env.inbox(Q, "w1").await, vec![first]);
     env.assert_sound(Q).await;
 }
 
@@ -218,12 +210,9 @@ async fn pending_when_room_is_only_partly_free() {
     let mut env = Env::start().await;
     env.register(Q, "w1", 4, &[]).await;
     let a = env.submit(task(Q, 3)).await;
-    let b = task(Q, 2);
-    assert_eq!(
-        env.client.submit(&b).await.expect("submit"),
-        Placement::Pending
-    );
-    assert_eq!(env.zrange(Q, "pending").await, vec![b.id.clone()]);
+    let (b, p) = put(&env, task(Q, 2)).await;
+    assert_eq!(p, Placement::Pending);
+    assert_eq!(env.zrange(Q, "pending").await, vec![b]);
     assert!(env.zrange(Q, "parked").await.is_empty());
     assert_eq!(env.inbox(Q, "w1").await, vec![a]);
     assert_eq!(env.worker_int(Q, "w1", "assigned").await, 3);
@@ -308,26 +297,20 @@ async fn a_duplicate_id_changes_nothing_and_is_told_where_the_task_went() {
     let mut env = Env::start().await;
     env.register(Q, "w1", 2, &[]).await;
     let spec = task(Q, 1);
-    assert_eq!(
-        env.client.submit(&spec).await.expect("submit"),
-        Placement::Assigned("w1".into())
-    );
+    assert_eq!(put(&env, spec.clone()).await.1, on("w1"));
     let before = env.snapshot().await;
 
     // Same id, different everything else: nothing written, and the reply tells where the
     // stored task went (a batch sent again after a lost reply learns what the first did).
     let mut again = TaskSpec::new(Q, "other").cost(2).priority(9);
     again.id = spec.id.clone();
-    assert_eq!(
-        env.client.submit(&again).await.expect("submit"),
-        Placement::Assigned("w1".into())
-    );
+    assert_eq!(put(&env, again.clone()).await.1, on("w1"));
     assert_eq!(
         env.client
-            .submit_many(&[again.clone(), spec.clone()])
+            .submit_many(&[again, spec])
             .await
             .expect("submit"),
-        vec![Placement::Assigned("w1".into()); 2]
+        vec![on("w1"); 2]
     );
     assert_eq!(env.snapshot().await, before);
     env.assert_sound(Q).await;
@@ -342,12 +325,7 @@ async fn a_batch_is_placed_task_by_task() {
     let placed = env.client.submit_many(&specs).await.expect("submit");
     assert_eq!(
         placed,
-        vec![
-            Placement::Assigned("w1".into()),
-            Placement::Assigned("w1".into()),
-            Placement::Pending,
-            Placement::Parked,
-        ]
+        vec![on("w1"), on("w1"), Placement::Pending, Placement::Parked]
     );
     assert_eq!(
         env.inbox(Q, "w1").await,
@@ -423,6 +401,24 @@ async fn the_function_library_is_loaded_again_when_redis_lost_it() {
     env.assert_sound(Q).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_learns_its_queues_again() {
+    let mut env = Env::start().await;
+    env.client
+        .submit(&TaskSpec::new("q", "add"))
+        .await
+        .expect("submit");
+    assert_eq!(env.store.queues().await.expect("queues"), vec!["q"]);
+    // No persistence: the restarted Redis is empty, and the same handle submits again.
+    env.restart_redis();
+    assert!(env.store.queues().await.expect("queues").is_empty());
+    env.client
+        .submit(&TaskSpec::new("q", "add"))
+        .await
+        .expect("submit");
+    assert_eq!(env.store.queues().await.expect("queues"), vec!["q"]);
+}
+
 #[tokio::test]
 async fn a_redis_without_functions_is_named_as_too_old() {
     // FCALL renamed away: what a Redis older than 7.0 answers.
@@ -442,54 +438,32 @@ async fn a_redis_without_functions_is_named_as_too_old() {
 async fn a_repeated_id_is_told_where_its_task_stands_now() {
     let env = Env::start().await;
     env.register(Q, "w", 1, &[]).await;
-    let epoch = env.epoch(Q, "w").await;
     // Ran and succeeded.
     let done = task(Q, 1);
-    env.client.submit(&done).await.expect("submit");
+    put(&env, done.clone()).await;
     let t = env.claim(Q, "w", 1).await.remove(0);
     env.finish(Q, "w", &t, 0).await;
-    assert_eq!(
-        env.client.submit(&done).await.expect("again"),
-        Placement::Finished
-    );
+    assert_eq!(put(&env, done).await.1, Placement::Finished);
     // Ran once, and waits for its retry.
     let retried = task(Q, 1).max_attempts(5);
-    env.client.submit(&retried).await.expect("submit");
+    put(&env, retried.clone()).await;
     let t = env.claim(Q, "w", 1).await.remove(0);
     let retry = Outcome::Retry {
         error: "later".into(),
         delay: Duration::from_secs(60),
     };
-    env.store
-        .finish_task(Q, "w", epoch, &t, &retry, 0)
-        .await
-        .expect("finish");
-    assert_eq!(
-        env.client.submit(&retried).await.expect("again"),
-        Placement::Scheduled
-    );
+    env.report(Q, "w", &t, &retry, 0).await;
+    assert_eq!(put(&env, retried).await.1, Placement::Scheduled);
     // Cancelled before it started.
     let busy = task(Q, 1);
-    assert_eq!(
-        env.client.submit(&busy).await.expect("submit"),
-        Placement::Assigned("w".into())
-    );
+    assert_eq!(put(&env, busy.clone()).await.1, on("w"));
     let cancelled = task(Q, 1);
-    assert_eq!(
-        env.client.submit(&cancelled).await.expect("submit"),
-        Placement::Pending
-    );
+    assert_eq!(put(&env, cancelled.clone()).await.1, Placement::Pending);
     env.store
         .cancel_task(Q, &cancelled.id)
         .await
         .expect("cancel");
-    assert_eq!(
-        env.client.submit(&cancelled).await.expect("again"),
-        Placement::Finished
-    );
-    assert_eq!(
-        env.client.submit(&busy).await.expect("again"),
-        Placement::Assigned("w".into())
-    );
+    assert_eq!(put(&env, cancelled).await.1, Placement::Finished);
+    assert_eq!(put(&env, busy).await.1, on("w"));
     env.assert_sound(Q).await;
 }
