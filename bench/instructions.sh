@@ -15,7 +15,7 @@ capacity=${2:-256}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p ballast-cli
 ballast="$root/target/release/ballast"
-for tool in valgrind callgrind_control redis-server redis-cli python3; do
+for tool in valgrind callgrind_control redis-server redis-cli awk; do
   command -v "$tool" >/dev/null || { echo "instructions.sh: $tool is missing" >&2; exit 1; }
 done
 
@@ -40,11 +40,14 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "instructions.sh: $*" >&2; exit 1; }
 
-python3 - "$n" >"$dir/tasks.jsonl" <<'EOF'
-import json, sys
-for i in range(int(sys.argv[1])):
-    print(json.dumps({"kind": "noop", "payload": {"i": i, "pad": "x" * 80}}))
-EOF
+# One task per line (about 100 bytes of payload, as the bench sends):
+# {"kind": "noop", "payload": {"i": I, "pad": "xx...x" (80)}}
+case $n in '' | *[!0-9]*) fail "N must be a whole number, not '$n'" ;; esac
+awk -v n="$n" 'BEGIN {
+  pad = sprintf("%80s", ""); gsub(/ /, "x", pad)
+  for (i = 0; i < n; i++)
+    printf "{\"kind\": \"noop\", \"payload\": {\"i\": %d, \"pad\": \"%s\"}}\n", i, pad
+}' >"$dir/tasks.jsonl"
 
 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
   redis-server --port 0 --unixsocket "$dir/r.sock" --save '' --appendonly no --dir "$dir" \

@@ -27,28 +27,27 @@ const info = async () => {
   return f('used_cpu_user') + f('used_cpu_sys');
 };
 const payload = (i) => ({ user: `user-${String(i).padStart(8, '0')}`, action: 'resize', width: 640, height: 480, pad: 'xxxxxxxxxxxxxxxx' });
-async function measure(name, n, fn) {
+// Flushes Redis, runs `prepare` (untimed), then times `fn` between two CPU readings.
+async function measure(name, n, fn, prepare) {
   await admin.flushall();
+  if (prepare) await prepare();
   const c0 = await info(); const t0 = performance.now();
   await fn();
   const t = (performance.now() - t0) / 1000; const c1 = await info();
   console.log(`${name}: ${Math.round(n / t)}/s, ${((c1 - c0) * 1e6 / n).toFixed(1)} us redis cpu/task`);
 }
 const q = new Queue('b', { connection: conn() });
+// Adds the N jobs in addBulk calls of 1,000.
+async function addAll() {
+  for (let i = 0; i < N; i += 1000) await q.addBulk(Array.from({ length: Math.min(1000, N - i) }, (_, k) => ({ name: 'noop', data: payload(i + k) })));
+}
 await measure('submit one by one', N, async () => { for (let i = 0; i < N; i++) await q.add('noop', payload(i)); });
-await measure('submit bulk 1000', N, async () => {
-  for (let i = 0; i < N; i += 1000) await q.addBulk(Array.from({ length: Math.min(1000, N - i) }, (_, k) => ({ name: 'noop', data: payload(i + k) })));
-});
+await measure('submit bulk 1000', N, addAll);
 for (const conc of [16, 64, 256]) {
-  await admin.flushall();
-  for (let i = 0; i < N; i += 1000) await q.addBulk(Array.from({ length: Math.min(1000, N - i) }, (_, k) => ({ name: 'noop', data: payload(i + k) })));
-  const c0 = await info(); const t0 = performance.now();
-  let done = 0;
-  await new Promise((resolve) => {
+  await measure(`drain c=${conc}`, N, () => new Promise((resolve) => {
+    let done = 0;
     const w = new Worker('b', async () => 1, { connection: conn(), concurrency: conc });
     w.on('completed', () => { if (++done === N) { w.close().then(resolve); } });
-  });
-  const t = (performance.now() - t0) / 1000; const c1 = await info();
-  console.log(`drain c=${conc}: ${Math.round(N / t)}/s, ${((c1 - c0) * 1e6 / N).toFixed(1)} us redis cpu/task`);
+  }), addAll);
 }
 process.exit(0);

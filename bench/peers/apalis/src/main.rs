@@ -273,32 +273,24 @@ async fn push_bulk_all(st: &mut RedisStorage<Payload>, n: usize) -> Res<()> {
     Ok(())
 }
 
-async fn submit_one(url: &str, admin: &mut MultiplexedConnection, setting: &'static str, cfg: &Config, n: usize) -> Res<Row> {
+/// Submits `n` jobs, one `push` at a time or (`bulk`) in `push_bulk` batches of 1,000.
+async fn submit(url: &str, admin: &mut MultiplexedConnection, setting: &'static str, cfg: &Config, n: usize, bulk: bool) -> Res<Row> {
     flushall(admin).await?;
     let mut st = storage(url, cfg).await?;
     let s0 = snap(admin).await?;
     let t0 = Instant::now();
-    for i in 0..n {
-        st.push(payload(i)).await.map_err(|e| format!("push: {e}"))?;
+    if bulk {
+        push_bulk_all(&mut st, n).await?;
+    } else {
+        for i in 0..n {
+            st.push(payload(i)).await.map_err(|e| format!("push: {e}"))?;
+        }
     }
     let secs = t0.elapsed().as_secs_f64();
     let s1 = snap(admin).await?;
     let queued: u64 = redis::cmd("LLEN").arg(cfg.active_jobs_list()).query_async(admin).await?;
-    let mut r = row(setting, "submit one by one", n, secs, &s0, &s1, 0);
-    r.extra = json!({ "queued_after": queued });
-    Ok(r)
-}
-
-async fn submit_bulk(url: &str, admin: &mut MultiplexedConnection, setting: &'static str, cfg: &Config, n: usize) -> Res<Row> {
-    flushall(admin).await?;
-    let mut st = storage(url, cfg).await?;
-    let s0 = snap(admin).await?;
-    let t0 = Instant::now();
-    push_bulk_all(&mut st, n).await?;
-    let secs = t0.elapsed().as_secs_f64();
-    let s1 = snap(admin).await?;
-    let queued: u64 = redis::cmd("LLEN").arg(cfg.active_jobs_list()).query_async(admin).await?;
-    let mut r = row(setting, "submit bulk 1000 (push_bulk)", n, secs, &s0, &s1, 0);
+    let label = if bulk { "submit bulk 1000 (push_bulk)" } else { "submit one by one" };
+    let mut r = row(setting, label, n, secs, &s0, &s1, 0);
     r.extra = json!({ "queued_after": queued });
     Ok(r)
 }
@@ -333,6 +325,33 @@ async fn wait_done_set(admin: &mut MultiplexedConnection, cfg: &Config, n: usize
         }
         if Instant::now() > deadline {
             return Ok((polls, false));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Polls until the worker `name` has registered: apalis-redis's register_worker.lua adds
+/// it to the queue's workers sorted set (`ZADD <queue>:workers <now> <name>`). An error if
+/// the worker ends first or `limit` passes.
+async fn wait_registered(
+    admin: &mut MultiplexedConnection,
+    cfg: &Config,
+    name: &str,
+    worker: &tokio::task::JoinHandle<Result<(), WorkerError>>,
+    limit: Duration,
+) -> Res<()> {
+    let key = cfg.workers_set();
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen: Option<f64> = redis::cmd("ZSCORE").arg(&key).arg(name).query_async(admin).await?;
+        if seen.is_some() {
+            return Ok(());
+        }
+        if worker.is_finished() {
+            return Err(format!("worker {name} ended before it registered in {key}").into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("worker {name} did not register in {key} within {limit:?}").into());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -454,6 +473,9 @@ async fn drain(
     Ok(r)
 }
 
+/// The latency workload's worker, by the name it registers under.
+const LATENCY_WORKER: &str = "latency";
+
 async fn latency(url: &str, admin: &mut MultiplexedConnection, setting: &'static str, cfg: &Config, secs: u64, poll_ms: u64) -> Res<Row> {
     let total = (secs * 1000) as usize;
     flushall(admin).await?;
@@ -469,17 +491,17 @@ async fn latency(url: &str, admin: &mut MultiplexedConnection, setting: &'static
         let client = apalis_redis::Client::open(format!("{url}?protocol=resp3"))?;
         let mut factory = RedisStorageFactory::new(client).await?;
         let backend = BackendFactory::<Payload>::create_with_config(&mut factory, cfg.clone())?;
-        let worker = WorkerBuilder::new("latency").backend(backend).concurrency(16).build(job);
+        let worker = WorkerBuilder::new(LATENCY_WORKER).backend(backend).concurrency(16).build(job);
         tokio::spawn(worker.run())
     } else {
         let backend = storage(url, cfg).await?.poll_with_interval(Duration::from_millis(poll_ms));
-        let worker = WorkerBuilder::new("latency").backend(backend).concurrency(16).build(job);
+        let worker = WorkerBuilder::new(LATENCY_WORKER).backend(backend).concurrency(16).build(job);
         tokio::spawn(worker.run())
     };
     let mut st = storage(url, cfg).await?;
-    // Lets the worker register and go idle before the first job, so that start-up is not
-    // counted as pickup time.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Waits for the worker to register (its first step, before any fetch), so that
+    // start-up is not counted as pickup time.
+    wait_registered(admin, cfg, LATENCY_WORKER, &handle, Duration::from_secs(10)).await?;
     let s0 = snap(admin).await?;
     let t0 = Instant::now();
     let start = tokio::time::Instant::now();
@@ -609,8 +631,9 @@ async fn main() -> Res<()> {
     for (setting, locks) in [("default", true), ("locks off", false)] {
         let cfg = config(locks);
         let _ = writeln!(log, "-- {setting}: {cfg:?}");
-        rows.push(submit_one(&url, &mut admin, setting, &cfg, n).await?);
-        rows.push(submit_bulk(&url, &mut admin, setting, &cfg, n).await?);
+        for bulk in [false, true] {
+            rows.push(submit(&url, &mut admin, setting, &cfg, n, bulk).await?);
+        }
         for conc in [16, 64, 256] {
             // The library's own path first; if its fetch fails on the backlog, the same
             // drain again with the backlog promoted by the benchmark (see promote_backlog).

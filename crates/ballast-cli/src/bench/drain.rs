@@ -25,15 +25,15 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     } else {
         vec![16, 64, 256]
     };
+    // Every task is kept until counted, however many there are (retention would drop
+    // the oldest past its count).
+    let keep = u64::try_from(a.n).unwrap_or(u64::MAX).max(RETAIN_AT_LEAST);
     let mut rows = Vec::new();
     let (mut best, mut pending_bytes, mut finished_bytes) = (0.0f64, 0.0, 0.0);
     let (mut pending_record, mut finished_record) = (0.0, 0.0);
     for &capacity in &sweep {
         let b = Bench::new(url).await?;
         let queue = b.queue(&format!("drain-{capacity}"));
-        // Every task is kept until counted, however many there are (retention would drop
-        // the oldest past its count).
-        let keep = u64::try_from(a.n).unwrap_or(u64::MAX).max(RETAIN_AT_LEAST);
         b.store.set_retention(&queue, keep, RETAIN_FOR).await?;
         let client = Client::new(b.store.clone());
         let specs: Vec<TaskSpec> = (0..a.n)

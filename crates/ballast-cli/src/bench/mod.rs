@@ -94,16 +94,17 @@ impl Counters {
         // cmdstat_<name>:calls=N,usec=...; INFO itself is left out.
         let calls =
             |l: &str| -> Option<f64> { l.split("calls=").nth(1)?.split(',').next()?.parse().ok() };
-        let commands: f64 = info
+        let (mut commands, mut fcalls) = (0.0, 0.0);
+        for l in info
             .lines()
             .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
-            .filter_map(calls)
-            .sum();
-        let fcalls = info
-            .lines()
-            .find(|l| l.starts_with("cmdstat_fcall:"))
-            .and_then(calls)
-            .unwrap_or(0.0);
+        {
+            let Some(c) = calls(l) else { continue };
+            commands += c;
+            if l.starts_with("cmdstat_fcall:") {
+                fcalls = c;
+            }
+        }
         Ok(Counters {
             cpu_s: field("used_cpu_user") + field("used_cpu_sys"),
             fcalls,
