@@ -74,17 +74,13 @@ async fn claim_marks_tasks_running_and_returns_them_with_their_lease() {
         assert_eq!(h["lease"], "1");
         assert_eq!(&h["assigned_at"], at);
     }
-    // The running index holds each task's lease deadline: start + its timeout (1.5 s and
-    // 300 s).
-    let mut running = env.zscores(Q, "running").await;
-    running.sort_by(|a, b| a.0.cmp(&b.0));
+    // The worker is in the leases index once, scored by its earliest deadline: start + the
+    // shorter timeout (1.5 s, against 300 s).
     assert_eq!(
-        running,
-        vec![
-            (t1.clone(), (started[0] + 1_500) as f64),
-            (t2.clone(), (started[1] + 300_000) as f64)
-        ]
+        env.zscores(Q, "leases").await,
+        vec![("w".to_string(), (started[0] + 1_500) as f64)]
     );
+    assert_eq!(env.store.counts(Q).await.expect("counts").running, 2);
     let mut held = vec![t1.clone(), t2.clone()];
     held.sort();
     assert_eq!(env.smembers(Q, "worker:w:tasks").await, held);
@@ -101,7 +97,8 @@ async fn claim_marks_tasks_running_and_returns_them_with_their_lease() {
                 "epoch",
                 "free",
                 "heartbeats",
-                "running",
+                "leases",
+                "running_count",
                 "seq",
                 "tick",
                 &k1,

@@ -76,6 +76,7 @@ async fn success_is_recorded_and_the_cost_freed() {
         vec![("w".to_string(), free_score(3, 1))]
     );
     let k = format!("task:{}", t.id);
+    // The worker's leases entry stays: a bound, dropped by recovery when it comes due.
     assert_eq!(
         env.keys().await,
         expect_keys(
@@ -85,6 +86,7 @@ async fn success_is_recorded_and_the_cost_freed() {
                 "epoch",
                 "free",
                 "heartbeats",
+                "leases",
                 "seq",
                 "succeeded",
                 "tick",
@@ -133,6 +135,7 @@ async fn failure_is_recorded_with_its_error() {
                 "failed",
                 "free",
                 "heartbeats",
+                "leases",
                 "seq",
                 "tick",
                 &k,
@@ -184,7 +187,7 @@ async fn the_next_pending_task_is_placed_and_claimed_in_the_same_call() {
         ),
         ("running", "w", "1")
     );
-    assert_eq!(env.zrange(Q, "running").await, vec![t2.clone()]);
+    assert_eq!(env.running(Q).await, vec![t2.clone()]);
     assert_eq!(env.zrange(Q, "pending").await, vec![t3.clone()]);
     assert!(env.inbox(Q, "w").await.is_empty());
     assert_eq!(env.worker_int(Q, "w", "assigned").await, 2);

@@ -68,6 +68,16 @@ impl Env {
             .expect("zrange")
     }
 
+    /// Ids of the running tasks of `queue`, earliest started first (they have no index).
+    pub async fn running(&mut self, queue: &str) -> Vec<String> {
+        let tasks = self
+            .store
+            .tasks(queue, Some(ballast::TaskState::Running), 1000)
+            .await
+            .expect("running tasks");
+        tasks.into_iter().map(|t| t.id).collect()
+    }
+
     pub async fn hash(&mut self, key: &str) -> HashMap<String, String> {
         self.raw.hgetall(key).await.expect("hgetall")
     }

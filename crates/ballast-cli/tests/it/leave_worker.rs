@@ -30,7 +30,7 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
     // The running task is untouched.
     assert_eq!(env.task_hash(Q, &t1).await, h1_before);
     assert_eq!(env.smembers(Q, "worker:w:tasks").await, vec![t1.clone()]);
-    assert_eq!(env.zrange(Q, "running").await, vec![t1.clone()]);
+    assert_eq!(env.running(Q).await, vec![t1.clone()]);
     // The assigned one is back in pending, at its order, without its worker, an attempt or a
     // run; the hand-back is counted.
     let h2 = env.task_hash(Q, &t2).await;
@@ -63,8 +63,9 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
             &[
                 "epoch",
                 "heartbeats",
+                "leases",
                 "pending",
-                "running",
+                "running_count",
                 "seq",
                 "tick",
                 &k1,

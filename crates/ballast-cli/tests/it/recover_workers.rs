@@ -238,15 +238,13 @@ async fn a_replaced_process_neither_claims_nor_leaves_for_its_successor() {
     env.assert_sound(Q).await;
 }
 
-/// Makes `w` vanish the way a restore from an older snapshot or a hand-made DEL would: its
-/// tasks then name a worker nobody knows.
+/// Makes `w` vanish the way a hand-made DEL of its record would: its tasks then name a
+/// worker nobody knows. Its held set stays: the sweep finds a running orphan through it (a
+/// running task has no index of its own).
 async fn forget_worker(env: &mut Env, w: &str) {
     let _: () = env
         .raw
-        .del(&[
-            qkey(Q, &format!("worker:{w}")),
-            qkey(Q, &format!("worker:{w}:tasks")),
-        ])
+        .del(qkey(Q, &format!("worker:{w}")))
         .await
         .expect("del");
     let _: () = env.raw.srem(qkey(Q, "workers"), w).await.expect("srem");
@@ -255,12 +253,20 @@ async fn forget_worker(env: &mut Env, w: &str) {
     }
 }
 
-/// Moves task `id`'s lease 10 s into the past (server clock), as if its worker hung.
+/// Moves task `id`'s lease 10 s into the past (server clock), as if its worker hung: its
+/// start goes back by its timeout and 10 s, and its worker's leases entry with it.
 async fn expire_lease(env: &mut Env, id: &str) {
+    let h = env.task_hash(Q, id).await;
+    let timeout: i64 = h["timeout_ms"].parse().expect("timeout_ms");
     let past = env.now_ms().await - 10_000;
     let _: () = env
         .raw
-        .zadd(qkey(Q, "running"), id, past)
+        .hset(qkey(Q, &format!("task:{id}")), "started_at", past - timeout)
+        .await
+        .expect("hset");
+    let _: () = env
+        .raw
+        .zadd(qkey(Q, "leases"), &h["worker"], past)
         .await
         .expect("zadd");
 }
@@ -424,7 +430,7 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
     );
     assert_eq!(t.history.len(), 1);
     assert_eq!(env.worker_int(Q, "hung", "assigned").await, 0);
-    assert!(env.zrange(Q, "running").await.is_empty());
+    assert!(env.running(Q).await.is_empty());
     env.assert_sound(Q).await;
     // The hung worker's late report is refused.
     let late = env
@@ -448,6 +454,64 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
         (t.state, t.attempts, t.history.len()),
         (TaskState::Failed, 2, 2)
     );
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn a_due_leases_entry_moves_to_the_soonest_deadline_left_then_goes() {
+    let mut env = Env::start().await;
+    env.register(Q, "w", 2, &[]).await;
+    let short = env
+        .submit(task(Q, 1).timeout(Duration::from_millis(100)))
+        .await;
+    let long = env
+        .submit(task(Q, 1).timeout(Duration::from_secs(300)))
+        .await;
+    let claimed = env.claim(Q, "w", 2).await;
+    let started = env.task_record(Q, &long).await.started_at.expect("started");
+    let (a, b) = if claimed[0].id == short {
+        (&claimed[0], &claimed[1])
+    } else {
+        (&claimed[1], &claimed[0])
+    };
+    // The short task ends in time; the worker's entry still says its deadline (a bound).
+    env.report(Q, "w", a, &Outcome::Succeeded("1".into()), 0)
+        .await;
+    let past = env.now_ms().await - 10_000;
+    let _: () = env
+        .raw
+        .zadd(qkey(Q, "leases"), "w", past)
+        .await
+        .expect("zadd");
+    // Due: the long task's lease has not expired, so nothing is failed and the entry moves
+    // to its deadline.
+    assert_eq!(
+        env.store
+            .recover_workers(Q, DEAD_AFTER)
+            .await
+            .expect("recover"),
+        (0, 0)
+    );
+    assert_eq!(
+        env.zscores(Q, "leases").await,
+        vec![("w".to_string(), (started + 300_000) as f64)]
+    );
+    assert_eq!(env.running(Q).await, vec![long.clone()]);
+    env.assert_sound(Q).await;
+    // Once nothing runs on the worker, a due entry goes.
+    env.report(Q, "w", b, &Outcome::Succeeded("2".into()), 0)
+        .await;
+    let _: () = env
+        .raw
+        .zadd(qkey(Q, "leases"), "w", past)
+        .await
+        .expect("zadd");
+    env.store
+        .recover_workers(Q, DEAD_AFTER)
+        .await
+        .expect("recover");
+    assert!(env.zscores(Q, "leases").await.is_empty());
+    assert_eq!(env.store.counts(Q).await.expect("counts").running, 0);
     env.assert_sound(Q).await;
 }
 

@@ -338,6 +338,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// The state index (sorted set) each task state lives in; pending tasks may also be parked.
+/// Running tasks have none (see [`Store::counts`] and [`Store::tasks`]).
 fn state_key(p: &str, state: TaskState) -> String {
     format!("{p}{state}")
 }
@@ -684,6 +685,12 @@ impl Store {
         let mut ids: Vec<String> = Vec::new();
         let end = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
         for s in states {
+            if s == TaskState::Running {
+                if ids.len() < limit {
+                    ids.extend(self.running_ids(&p, limit - ids.len()).await?);
+                }
+                continue;
+            }
             let mut keys = vec![state_key(&p, s)];
             if s == TaskState::Pending {
                 keys.push(format!("{p}parked"));
@@ -706,6 +713,35 @@ impl Store {
             .collect())
     }
 
+    /// Up to `limit` ids of running tasks, earliest started first. No index lists running
+    /// tasks (a drained task would pay for its entry twice): they are the held tasks of the
+    /// registered workers whose records say running, so this reads every held record.
+    async fn running_ids(&self, p: &str, limit: usize) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let workers: Vec<String> = conn.smembers(format!("{p}workers")).await?;
+        let mut running: Vec<(i64, String)> = Vec::new();
+        for w in workers {
+            let held: Vec<String> = conn.smembers(format!("{p}worker:{w}:tasks")).await?;
+            for chunk in held.chunks(500) {
+                let mut pipe = redis::pipe();
+                for id in chunk {
+                    pipe.cmd("HMGET")
+                        .arg(format!("{p}task:{id}"))
+                        .arg("state")
+                        .arg("started_at");
+                }
+                let rows: Vec<(Option<String>, Option<i64>)> = pipe.query_async(&mut conn).await?;
+                for (id, (state, started)) in chunk.iter().zip(rows) {
+                    if state.as_deref() == Some("running") {
+                        running.push((started.unwrap_or(0), id.clone()));
+                    }
+                }
+            }
+        }
+        running.sort();
+        Ok(running.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+
     /// Task counts by state.
     pub async fn counts(&self, queue: &str) -> Result<QueueCounts> {
         self.again(|| self.counts_once(queue)).await
@@ -716,10 +752,16 @@ impl Store {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         for s in TaskState::ALL {
-            pipe.zcard(state_key(&p, s));
+            if s == TaskState::Running {
+                // A count the functions keep: running tasks have no index.
+                pipe.cmd("GET").arg(format!("{p}running_count"));
+            } else {
+                pipe.zcard(state_key(&p, s));
+            }
         }
         pipe.zcard(format!("{p}parked"));
-        let c: Vec<u64> = pipe.query_async(&mut conn).await?;
+        let c: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+        let c: Vec<u64> = c.into_iter().map(Option::unwrap_or_default).collect();
         Ok(QueueCounts {
             scheduled: c[0],
             pending: c[1] + c[7],
@@ -1276,7 +1318,6 @@ impl Store {
             "pending",
             "parked",
             "assigned",
-            "running",
             "succeeded",
             "failed",
             "cancelled",
@@ -1308,12 +1349,24 @@ impl Store {
         for (id, t) in &tasks {
             let expect: &[&str] = match t.state {
                 TaskState::Pending => &["pending", "parked"],
+                TaskState::Running => &[],
                 s => &[s.as_str()][..],
             };
             match index_of.get(id).map(Vec::as_slice) {
                 Some([one]) if expect.contains(&one.as_str()) => {}
+                None if expect.is_empty() => {}
                 other => bad.push(format!("task {id} is {} but indexed in {other:?}", t.state)),
             }
+        }
+        let running = tasks
+            .values()
+            .filter(|t| t.state == TaskState::Running)
+            .count();
+        let count: Option<usize> = conn.get(format!("{p}running_count")).await?;
+        if count.unwrap_or(0) != running {
+            bad.push(format!(
+                "running count {count:?}, but {running} records say running"
+            ));
         }
         for id in index_of.keys() {
             if !tasks.contains_key(id) {
@@ -1377,16 +1430,20 @@ impl Store {
                 }
             }
         }
-        // A running task's score in the running index is its lease deadline.
-        let running: Vec<(String, f64)> =
-            conn.zrange_withscores(format!("{p}running"), 0, -1).await?;
-        for (id, deadline) in running {
-            if let Some(t) = tasks.get(&id) {
-                let expect = t.started_at.map(|s| (s + t.timeout_ms) as f64);
-                if expect != Some(deadline) {
-                    bad.push(format!(
-                        "task {id} runs until {deadline}, expected {expect:?}"
-                    ));
+        // A worker's leases entry is no later than the deadline of any task running on it.
+        let leases: HashMap<String, f64> = conn
+            .zrange_withscores::<_, Vec<(String, f64)>>(format!("{p}leases"), 0, -1)
+            .await?
+            .into_iter()
+            .collect();
+        for (id, t) in &tasks {
+            if let (TaskState::Running, Some(w), Some(start)) = (t.state, &t.worker, t.started_at) {
+                let deadline = (start + t.timeout_ms) as f64;
+                match leases.get(w) {
+                    Some(&bound) if bound <= deadline => {}
+                    other => bad.push(format!(
+                        "task {id} runs on {w} until {deadline}, but its lease bound is {other:?}"
+                    )),
                 }
             }
         }

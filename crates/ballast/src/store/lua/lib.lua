@@ -40,6 +40,14 @@ local function inbox_key(w) return P .. 'worker:' .. w .. ':inbox' end
 local function held_key(w) return P .. 'worker:' .. w .. ':tasks' end
 -- The running tasks w was asked to cancel.
 local function cancel_key(w) return P .. 'worker:' .. w .. ':cancel' end
+-- Lease deadlines: each worker with running tasks, scored no later than the earliest
+-- deadline among them (recover_workers.lua tells the exact one when it comes due). One entry
+-- per worker rather than one per task: a drained task then pays no index write for its
+-- deadline, and the index is written once per call that starts tasks.
+local function leases_key() return P .. 'leases' end
+-- How many tasks are running in the queue (no index lists them: each worker's held set and
+-- the records tell which).
+local function running_count_key() return P .. 'running_count' end
 -- Free-capacity index of all accepting workers, or of those carrying one tag.
 local function free_key(tag)
   if tag then return P .. 'free:' .. tag end
@@ -72,25 +80,19 @@ end
 local function num(s) return INT[s] or tonumber(s) end
 local function str(n) return STR[n] or fmt(n) end
 
+-- The count goes when it reaches zero, as an empty index would.
+local function running_add(n)
+  if redis.call('INCRBY', running_count_key(), fmt(n)) == 0 then
+    redis.call('DEL', running_count_key())
+  end
+end
+
 -- `now` as text, formatted once per call: Redis formats every number Lua passes it,
 -- and the hot paths pass the time several times per task.
 local now_text, now_of_text = '', nil
 local function ts(now)
   if now ~= now_of_text then now_text, now_of_text = fmt(now), now end
   return now_text
-end
-
--- `now` plus a timeout (ms, as text) as text: the lease deadline of a task started now.
--- Tasks of one call mostly share their timeout, so each sum is formatted once per call.
-local deadlines, deadlines_now = {}, nil
-local function deadline(now, timeout)
-  if now ~= deadlines_now then deadlines, deadlines_now = {}, now end
-  local d = deadlines[timeout]
-  if not d then
-    d = fmt(now + num(timeout))
-    deadlines[timeout] = d
-  end
-  return d
 end
 
 local function now_ms()
@@ -107,7 +109,7 @@ local BATCH_ARGS = 1000
 
 local function new_batch()
   return { zadd = {}, zrem = {}, sadd = {}, srem = {}, rpush = {}, order = {}, events = {},
-    settled = {}, done = {}, freed = 0 }
+    settled = {}, done = {}, freed = 0, soonest = {}, running = 0 }
 end
 
 -- Appends `v` (and `v2`: ZADD takes a score and a member) to the list b[kind][k],
@@ -135,6 +137,13 @@ local function flush_batch(b)
     end
   end
   b.order, b.zadd, b.zrem, b.sadd, b.srem, b.rpush = {}, {}, {}, {}, {}, {}
+  -- LT: a worker's entry only ever moves earlier here; it is a bound, not the exact value.
+  for w, d in pairs(b.soonest) do redis.call('ZADD', leases_key(), 'LT', fmt(d), w) end
+  b.soonest = {}
+  if b.running ~= 0 then
+    running_add(b.running)
+    b.running = 0
+  end
   if #b.events > 0 then
     redis.call('PUBLISH', key('events'), table.concat(b.events, ' '))
     b.events = {}
@@ -267,8 +276,8 @@ local function claimed_row(out, id, h, o, cost, lease, attempt)
   out[n + 6], out[n + 7], out[n + 8], out[n + 9] = h[o + 3], h[o + 6], attempt, h[o + 7] or ''
 end
 
--- Start task `id` on worker w: running under `lease` (text), its deadline (start + timeout) the
--- score in the running index. h[o] .. h[o + 7] are its START_FIELDS. `fresh`: it comes
+-- Start task `id` on worker w: running under `lease` (text) until its deadline (start +
+-- timeout), which bounds w's entry in the leases index. h[o] .. h[o + 7] are its START_FIELDS. `fresh`: it comes
 -- straight from pending (placed and started in one step, with no inbox in between); else it
 -- was assigned to w. Index changes go to batch b; the record the worker gets is appended to
 -- `out` (claimed_row()).
@@ -285,9 +294,12 @@ local function start(id, w, h, o, cost, lease, now, b, fresh, out)
       runs)
     later(b, 'zrem', key('assigned'), id)
   end
-  -- The lease: when the attempt must be over by. The worker's own timer stops the handler
-  -- first; recovery expires the lease if a hung worker never reports.
-  later(b, 'zadd', key('running'), deadline(now, h[o + 3]), id)
+  -- The lease: when the attempt must be over by (started_at + timeout_ms). The worker's own
+  -- timer stops the handler first; recovery expires the lease if a hung worker never
+  -- reports, and finds it through the worker's entry in the leases index.
+  local due, soonest = now + num(h[o + 3]), b.soonest[w]
+  if not soonest or due < soonest then b.soonest[w] = due end
+  b.running = b.running + 1
   claimed_row(out, id, h, o, cost, lease, attempt)
 end
 
@@ -573,16 +585,21 @@ local function append_history(tk, entry, raw)
   redis.call('HSET', tk, 'history', cjson.encode(list))
 end
 
--- Take held task `id` (in `state`, assigned or running) off worker w: out of its state index
--- and w's held set, and its cost off w's count. An assigned task's id stays in w's inbox:
+-- Take held task `id` (in `state`, assigned or running) off worker w: out of the assigned
+-- index or the running count, out of w's held set, and its cost off w's count (w's entry in
+-- the leases index may stay: it is a bound, and recovery drops it when it comes due). An assigned task's id stays in w's inbox:
 -- taking it out would be a scan of the list (LREM), and claim() skips an id whose task is no
 -- longer assigned to w when it comes to it.
 -- Returns whether w's record exists; the caller re-indexes w.
 local function unhold(id, w, state, cost)
-  redis.call('ZREM', key(state), id)
   redis.call('SREM', held_key(w), id)
-  -- A cancel request is void once its task no longer runs here.
-  if state == 'running' then redis.call('SREM', cancel_key(w), id) end
+  if state == 'running' then
+    running_add(-1)
+    -- A cancel request is void once its task no longer runs here.
+    redis.call('SREM', cancel_key(w), id)
+  else
+    redis.call('ZREM', key(state), id)
+  end
   -- An orphan's worker has no record; counting on it would create one.
   if redis.call('EXISTS', worker_key(w)) == 0 then return false end
   redis.call('HINCRBY', worker_key(w), 'assigned', -tonumber(cost))
@@ -830,6 +847,7 @@ local function release_worker(w, now)
   local held = redis.call('SMEMBERS', held_key(w))
   for _, id in ipairs(held) do requeue(id, w, now) end
   redis.call('DEL', worker_key(w), inbox_key(w), held_key(w), cancel_key(w))
+  redis.call('ZREM', leases_key(), w)
   redis.call('SREM', key('workers'), w)
   redis.call('ZREM', key('heartbeats'), w)
   return #held
@@ -893,8 +911,8 @@ local function finish_one(w, id, lease, outcome, body, delay, now, b)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost')
   if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return false end
-  later(b, 'zrem', key('running'), id)
   later(b, 'srem', held_key(w), id)
+  b.running = b.running - 1
   b.done[#b.done + 1] = id
   b.freed = b.freed + num(h[4])
   if outcome == 'succeeded' then

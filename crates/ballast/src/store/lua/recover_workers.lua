@@ -7,15 +7,19 @@
 -- ARGV[2] int     dead-after in milliseconds
 -- ARGV[3] int     most workers declared dead in one call
 --
--- Leases: a running task whose deadline (start + timeout, its score in P .. 'running') passed
--- more than dead-after ago was not stopped by its worker, which hangs while heartbeating. The
--- attempt is failed ("lease expired") and retried or dead-lettered, as a timeout would be;
--- the hung worker's late report is then stale.
+-- Leases: a running task whose deadline (started_at + timeout_ms) passed more than
+-- dead-after ago was not stopped by its worker, which hangs while heartbeating. The attempt
+-- is failed ("lease expired") and retried or dead-lettered, as a timeout would be; the hung
+-- worker's late report is then stale. P .. 'leases' scores each worker with running tasks
+-- no later than their earliest deadline: when that comes due, the worker's held tasks are
+-- read, the expired ones failed, and the entry set to the earliest deadline left (or
+-- dropped). So a worker's tasks are read about once per timeout, not once per task.
 --
 -- Each recovery is logged, newest first, in P .. 'recoveries' (a list of JSON objects, the
--- last 100 kept). Orphans are assigned or running tasks whose worker is not registered: a
--- bounded ZSCAN step, its cursor kept in P .. 'sweep:<state>', at most once per dead-after
--- for the queue (P .. 'sweep:lock' expires then).
+-- last 100 kept). Orphans are assigned tasks whose worker is not registered, and the tasks
+-- held by an unregistered worker that still has a leases entry: a bounded ZSCAN step of each
+-- index, its cursor kept in P .. 'sweep:<index>', at most once per dead-after for the queue
+-- (P .. 'sweep:lock' expires then).
 -- Returns {workers declared dead, tasks handed back}.
 
 local dead_after, max_workers = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -38,36 +42,58 @@ end
 -- The sweep is a safety net (release_worker hands every task of a dead worker back in one
 -- step): one step per dead-after for the whole queue is enough, whoever runs it, so most
 -- calls skip it and an idle queue's recovery costs a few reads.
-local sweep = redis.call('SET', key('sweep:lock'), '1', 'NX', 'PX', math.max(dead_after, 1))
-for _, state in ipairs(sweep and { 'assigned', 'running' } or {}) do
-  local cursor_key = key('sweep:' .. state)
-  local cursor = redis.call('GET', cursor_key) or '0'
-  local step = redis.call('ZSCAN', key(state), cursor, 'COUNT', 100)
-  -- A finished scan leaves no cursor behind, so an idle step writes nothing.
-  if step[1] == '0' then redis.call('DEL', cursor_key) else redis.call('SET', cursor_key, step[1]) end
-  for i = 1, #step[2], 2 do
-    local id = step[2][i]
-    local w = redis.call('HGET', task_key(id), 'worker') or ''
-    if redis.call('SISMEMBER', key('workers'), w) == 0 then
-      requeue(id, w, now)
-      back = back + 1
+if redis.call('SET', key('sweep:lock'), '1', 'NX', 'PX', math.max(dead_after, 1)) then
+  for _, index in ipairs({ 'assigned', 'leases' }) do
+    local cursor_key = key('sweep:' .. index)
+    local cursor = redis.call('GET', cursor_key) or '0'
+    local step = redis.call('ZSCAN', key(index), cursor, 'COUNT', 100)
+    -- A finished scan leaves no cursor behind, so an idle step writes nothing.
+    if step[1] == '0' then redis.call('DEL', cursor_key) else redis.call('SET', cursor_key, step[1]) end
+    for i = 1, #step[2], 2 do
+      local m = step[2][i]
+      if index == 'assigned' then
+        local w = redis.call('HGET', task_key(m), 'worker') or ''
+        if redis.call('SISMEMBER', key('workers'), w) == 0 then
+          requeue(m, w, now)
+          back = back + 1
+        end
+      elseif redis.call('SISMEMBER', key('workers'), m) == 0 then
+        for _, id in ipairs(redis.call('SMEMBERS', held_key(m))) do
+          requeue(id, m, now)
+          back = back + 1
+        end
+        redis.call('DEL', held_key(m))
+        redis.call('ZREM', leases_key(), m)
+      end
     end
   end
 end
 
-local expired = redis.call('ZRANGEBYSCORE', key('running'), '-inf', '(' .. fmt(limit),
-  'LIMIT', 0, 100)
-for _, id in ipairs(expired) do
-  local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', 'timeout_ms')
-  if h[1] == 'running' then
-    local w = h[2]
-    if unhold(id, w, 'running', h[3]) then index_worker(w) end
-    local err = 'lease expired: no report ' .. h[4] .. ' ms after the start, plus ' ..
-      dead_after .. ' ms'
-    end_attempt(id, w, 'retry', err, now, now)
-    back = back + 1
+-- Workers whose earliest lease may have expired, each checked task by task.
+local due = redis.call('ZRANGEBYSCORE', leases_key(), '-inf', '(' .. fmt(limit), 'LIMIT', 0,
+  100)
+for _, w in ipairs(due) do
+  local soonest
+  for _, id in ipairs(redis.call('SMEMBERS', held_key(w))) do
+    local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', 'timeout_ms',
+      'started_at')
+    if h[1] == 'running' and h[2] == w then
+      local deadline = tonumber(h[5]) + tonumber(h[4])
+      if deadline < limit then
+        if unhold(id, w, 'running', h[3]) then index_worker(w) end
+        local err = 'lease expired: no report ' .. h[4] .. ' ms after the start, plus ' ..
+          dead_after .. ' ms'
+        end_attempt(id, w, 'retry', err, now, now)
+        back = back + 1
+      elseif not soonest or deadline < soonest then
+        soonest = deadline
+      end
+    end
+  end
+  if soonest then
+    redis.call('ZADD', leases_key(), fmt(soonest), w)
   else
-    redis.call('ZREM', key('running'), id)
+    redis.call('ZREM', leases_key(), w)
   end
 end
 if back > 0 then place(now) end
