@@ -83,7 +83,7 @@ async fn claim_marks_tasks_running_and_returns_them_with_their_lease() {
     assert_eq!(env.store.counts(Q).await.expect("counts").running, 2);
     let mut held = vec![t1.clone(), t2.clone()];
     held.sort();
-    assert_eq!(env.smembers(Q, "worker:w:tasks").await, held);
+    assert_eq!(env.held(Q, "w").await, held);
     // Claiming does not change what the worker holds.
     assert_eq!(env.worker_int(Q, "w", "assigned").await, 3);
     // The inbox and the assigned index emptied, so their keys are gone.

@@ -331,3 +331,32 @@ async fn finished_tasks_beyond_the_retention_are_deleted_as_new_ones_finish() {
     }
     env.assert_sound(Q).await;
 }
+
+#[tokio::test]
+async fn a_wrong_cost_is_refused_and_a_report_given_twice_counts_once() {
+    let mut env = Env::start().await;
+    let t = running(&mut env, 2, 1).await;
+    let before = env.snapshot().await;
+    let ok = Outcome::Succeeded("1".into());
+    // The held token names the cost too: a report that would free more is stale.
+    let dearer = ClaimedTask {
+        cost: 2,
+        ..t.clone()
+    };
+    assert_eq!(
+        env.report(Q, "w", &dearer, &ok, 0).await,
+        Finish::Stale(vec![])
+    );
+    assert_eq!(env.snapshot().await, before);
+    // Twice in one call: the first is recorded, the second is stale and frees nothing.
+    let epoch = env.epoch(Q, "w").await;
+    let (recorded, _) = env
+        .store
+        .finish_tasks(Q, "w", epoch, &[(&t, &ok), (&t, &ok)], 0)
+        .await
+        .expect("finish");
+    assert_eq!(recorded, vec![true, false]);
+    assert_eq!(env.worker_int(Q, "w", "assigned").await, 0);
+    assert_eq!(env.worker_int(Q, "w", "finished").await, 1);
+    env.assert_sound(Q).await;
+}

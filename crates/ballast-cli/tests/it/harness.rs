@@ -68,6 +68,19 @@ impl Env {
             .expect("zrange")
     }
 
+    /// Ids of the tasks worker `w` of `queue` holds, sorted (its held set keeps a token of
+    /// lease, cost and id per task).
+    pub async fn held(&mut self, queue: &str, w: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .smembers(queue, &format!("worker:{w}:tasks"))
+            .await
+            .into_iter()
+            .map(|t| t.splitn(3, ' ').nth(2).expect("held token").to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Ids of the running tasks of `queue`, earliest started first (they have no index).
     pub async fn running(&mut self, queue: &str) -> Vec<String> {
         let tasks = self

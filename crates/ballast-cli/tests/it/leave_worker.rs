@@ -29,7 +29,7 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
     );
     // The running task is untouched.
     assert_eq!(env.task_hash(Q, &t1).await, h1_before);
-    assert_eq!(env.smembers(Q, "worker:w:tasks").await, vec![t1.clone()]);
+    assert_eq!(env.held(Q, "w").await, vec![t1.clone()]);
     assert_eq!(env.running(Q).await, vec![t1.clone()]);
     // The assigned one is back in pending, at its order, without its worker, an attempt or a
     // run; the hand-back is counted.
@@ -116,7 +116,7 @@ async fn drain_places_handed_back_tasks_on_another_worker() {
     assert_eq!(env.zrange(Q, "pending").await, vec![t3.clone()]);
     // Their ids stay in w1's inbox, which nothing claims from any more.
     assert_eq!(env.inbox(Q, "w1").await, vec![t2.clone(), t3.clone()]);
-    assert_eq!(env.smembers(Q, "worker:w1:tasks").await, vec![t1.clone()]);
+    assert_eq!(env.held(Q, "w1").await, vec![t1.clone()]);
     assert_eq!(env.worker_int(Q, "w1", "assigned").await, 1);
     assert_eq!(env.worker_int(Q, "w2", "assigned").await, 2);
     env.assert_sound(Q).await;

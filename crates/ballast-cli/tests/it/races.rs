@@ -26,7 +26,9 @@ local out = {}
 for _, w in ipairs(redis.call('SMEMBERS', P .. 'workers')) do
   local h = redis.call('HMGET', P .. 'worker:' .. w, 'capacity', 'assigned')
   local held, running = 0, 0
-  for _, id in ipairs(redis.call('SMEMBERS', P .. 'worker:' .. w .. ':tasks')) do
+  for _, token in ipairs(redis.call('SMEMBERS', P .. 'worker:' .. w .. ':tasks')) do
+    -- A held token is '<lease> <cost> <id>', with an 'a' in front while assigned.
+    local id = string.match(token, '^a?%d+ %d+ (.*)$')
     local t = redis.call('HMGET', P .. 'task:' .. id, 'cost', 'state')
     held = held + tonumber(t[1])
     if t[2] == 'running' then running = running + tonumber(t[1]) end

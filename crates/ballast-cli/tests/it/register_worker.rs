@@ -44,7 +44,7 @@ async fn new_worker_gets_pending_tasks() {
     assert_eq!(env.inbox(Q, "w").await, vec![t1.clone(), t2.clone()]);
     let mut held = vec![t1.clone(), t2.clone()];
     held.sort();
-    assert_eq!(env.smembers(Q, "worker:w:tasks").await, held);
+    assert_eq!(env.held(Q, "w").await, held);
     assert_eq!(env.zrange(Q, "pending").await, vec![t3.clone()]);
     for id in [&t1, &t2] {
         let t = env.task_hash(Q, id).await;
@@ -317,7 +317,7 @@ async fn dead_id_is_taken_over_and_its_tasks_go_back() {
         "{h2:?}"
     );
     assert_eq!(env.inbox(Q, "w").await, vec![t1.clone()]);
-    assert_eq!(env.smembers(Q, "worker:w:tasks").await, vec![t1.clone()]);
+    assert_eq!(env.held(Q, "w").await, vec![t1.clone()]);
     assert_eq!(env.zrange(Q, "parked").await, vec![t2.clone()]);
     assert_eq!(
         env.zscores(Q, "free").await,

@@ -148,7 +148,7 @@ async fn assigned_when_a_worker_has_room() {
     assert_eq!((w["assigned"].as_str(), w["capacity"].as_str()), ("3", "4"));
     assert_eq!(w["tick"], "1");
     assert_eq!(env.inbox(Q, "w1").await, vec![id.clone()]);
-    assert_eq!(env.smembers(Q, "worker:w1:tasks").await, vec![id.clone()]);
+    assert_eq!(env.held(Q, "w1").await, vec![id.clone()]);
     assert_eq!(
         env.zscores(Q, "assigned").await,
         vec![(id.clone(), assigned as f64)]

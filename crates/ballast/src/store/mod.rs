@@ -332,6 +332,34 @@ async fn blpop(
     }
 }
 
+/// One token of a worker's held set (`P worker:<w>:tasks`): whether the task is still only
+/// assigned, its lease, its cost and its id. lib.lua writes them as `<lease> <cost> <id>`,
+/// with an `a` in front while the task is assigned.
+#[derive(Debug, PartialEq, Eq)]
+struct HeldToken<'a> {
+    assigned: bool,
+    lease: i64,
+    cost: i64,
+    id: &'a str,
+}
+
+impl<'a> HeldToken<'a> {
+    fn parse(token: &'a str) -> Option<Self> {
+        let (assigned, rest) = match token.strip_prefix('a') {
+            Some(rest) => (true, rest),
+            None => (false, token),
+        };
+        let (lease, rest) = rest.split_once(' ')?;
+        let (cost, id) = rest.split_once(' ')?;
+        Some(HeldToken {
+            assigned,
+            lease: lease.parse().ok()?,
+            cost: cost.parse().ok()?,
+            id,
+        })
+    }
+}
+
 /// A duration in whole milliseconds, as the functions take them.
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -721,7 +749,13 @@ impl Store {
         let workers: Vec<String> = conn.smembers(format!("{p}workers")).await?;
         let mut running: Vec<(i64, String)> = Vec::new();
         for w in workers {
-            let held: Vec<String> = conn.smembers(format!("{p}worker:{w}:tasks")).await?;
+            let tokens: Vec<String> = conn.smembers(format!("{p}worker:{w}:tasks")).await?;
+            let held: Vec<&str> = tokens
+                .iter()
+                .filter_map(|t| HeldToken::parse(t))
+                .filter(|t| !t.assigned)
+                .map(|t| t.id)
+                .collect();
             for chunk in held.chunks(500) {
                 let mut pipe = redis::pipe();
                 for id in chunk {
@@ -733,7 +767,7 @@ impl Store {
                 let rows: Vec<(Option<String>, Option<i64>)> = pipe.query_async(&mut conn).await?;
                 for (id, (state, started)) in chunk.iter().zip(rows) {
                     if state.as_deref() == Some("running") {
-                        running.push((started.unwrap_or(0), id.clone()));
+                        running.push((started.unwrap_or(0), id.to_string()));
                     }
                 }
             }
@@ -986,20 +1020,24 @@ impl Store {
         let mut conn = self.conn.clone();
         let mut call = self.call(&FINISH_TASKS, format!("{p}worker:{worker}"));
         call.arg(&p).arg(worker).arg(epoch).arg(claim_max);
-        // Successes first, three arguments each; the function answers in that order.
+        // Successes first, four arguments each; the function answers in that order.
         let (wins, rest): (Vec<usize>, Vec<usize>) =
             (0..reports.len()).partition(|&i| matches!(reports[i].1, Outcome::Succeeded(_)));
         call.arg(wins.len());
         for &i in &wins {
             let (task, outcome) = reports[i];
             let (_, result, _) = outcome_args(outcome);
-            call.arg(&task.id).arg(task.lease).arg(result);
+            call.arg(&task.id)
+                .arg(task.lease)
+                .arg(task.cost)
+                .arg(result);
         }
         for &i in &rest {
             let (task, outcome) = reports[i];
             let (state, body, delay) = outcome_args(outcome);
             call.arg(&task.id)
                 .arg(task.lease)
+                .arg(task.cost)
                 .arg(state)
                 .arg(body)
                 .arg(ms(delay));
@@ -1375,6 +1413,8 @@ impl Store {
         }
 
         let workers: HashSet<String> = conn.smembers(format!("{p}workers")).await?;
+        // Which worker's held set names each task.
+        let mut held_by: HashMap<String, String> = HashMap::new();
         for w in &workers {
             let h: HashMap<String, String> = conn.hgetall(format!("{p}worker:{w}")).await?;
             let rec = match WorkerRecord::from_fields(&h) {
@@ -1384,21 +1424,34 @@ impl Store {
                     continue;
                 }
             };
-            let held: HashSet<String> = conn.smembers(format!("{p}worker:{w}:tasks")).await?;
+            let tokens: HashSet<String> = conn.smembers(format!("{p}worker:{w}:tasks")).await?;
             let inbox: Vec<String> = conn.lrange(format!("{p}worker:{w}:inbox"), 0, -1).await?;
             let mut cost = 0;
-            for id in &held {
+            for token in &tokens {
+                let Some(h) = HeldToken::parse(token) else {
+                    bad.push(format!("worker {w} holds a malformed token {token:?}"));
+                    continue;
+                };
+                let id = h.id;
+                held_by.insert(id.to_string(), w.clone());
                 match tasks.get(id) {
                     Some(t)
                         if t.worker.as_deref() == Some(w.as_str())
-                            && matches!(t.state, TaskState::Assigned | TaskState::Running) =>
+                            && t.lease == h.lease
+                            && t.cost == h.cost
+                            && t.state
+                                == if h.assigned {
+                                    TaskState::Assigned
+                                } else {
+                                    TaskState::Running
+                                } =>
                     {
                         cost += t.cost;
-                        if t.state == TaskState::Assigned && !inbox.contains(id) {
+                        if t.state == TaskState::Assigned && !inbox.contains(&t.id) {
                             bad.push(format!("task {id} is assigned but not in the inbox"));
                         }
                     }
-                    _ => bad.push(format!("worker {w} holds {id} which is not its task")),
+                    _ => bad.push(format!("worker {w} holds {token:?} which is not its task")),
                 }
             }
             if cost != rec.assigned {
@@ -1449,8 +1502,7 @@ impl Store {
         }
         for (id, t) in &tasks {
             if let (Some(w), TaskState::Assigned | TaskState::Running) = (&t.worker, t.state) {
-                let held: bool = conn.sismember(format!("{p}worker:{w}:tasks"), id).await?;
-                if !held {
+                if held_by.get(id) != Some(w) {
                     bad.push(format!(
                         "task {id} is {} on {w} which does not hold it",
                         t.state

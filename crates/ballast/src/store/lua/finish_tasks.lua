@@ -15,13 +15,15 @@
 -- ARGV[3] int     the epoch register_worker gave this process
 -- ARGV[4] int     most tasks to claim for this worker afterwards (0 for none)
 -- ARGV[5] int     S, how many successes follow
--- then S of three: id, lease, result JSON (the common report goes without its outcome and
---                 delay: two arguments fewer a task, ~1,200 instructions each)
--- then the other reports, five each: id, lease, outcome ("retry", "failed" or "cancelled";
---                 "succeeded" is accepted too), error message, retry delay in ms
+-- then S of four: id, lease, cost, result JSON (the common report goes without its outcome
+--                 and delay: two arguments fewer a task, ~1,200 instructions each)
+-- then the other reports, six each: id, lease, cost, outcome ("retry", "failed" or
+--                 "cancelled"; "succeeded" is accepted too), error message, retry delay in ms
 --
 -- Outcomes are fenced by their leases alone: a result is as good from a process declared
--- dead as from any other, as long as its task was not taken back. Claiming is fenced by the
+-- dead as from any other, as long as its task was not taken back. The fence is the worker's
+-- held set: it holds the token of each run (lease, cost and id), so one SMISMEMBER answers
+-- for every report of the call. Claiming is fenced by the
 -- epoch too: a process whose epoch is no longer the worker's (declared dead, perhaps
 -- replaced by a new process under the same id) claims nothing, or it would start the new
 -- incarnation's tasks.
@@ -32,16 +34,24 @@
 
 local w, epoch, claim_max = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
-local recorded, b = {}, new_batch()
-local others = 6 + 3 * tonumber(ARGV[5])
-for i = 6, others - 1, 3 do
-  local ok = finish_one(w, ARGV[i], ARGV[i + 1], 'succeeded', ARGV[i + 2], '0', now, b)
-  recorded[#recorded + 1] = ok and 1 or 0
+local b = new_batch()
+local others = 6 + 4 * tonumber(ARGV[5])
+local tokens = {}
+for i = 6, others - 1, 4 do tokens[#tokens + 1] = held_token(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+for i = others, #ARGV, 6 do tokens[#tokens + 1] = held_token(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+local recorded = held_among(w, tokens)
+local k = 0
+for i = 6, others - 1, 4 do
+  k = k + 1
+  if recorded[k] == 1 then
+    finish_one(w, ARGV[i], ARGV[i + 2], tokens[k], 'succeeded', ARGV[i + 3], '0', now, b)
+  end
 end
-for i = others, #ARGV, 5 do
-  local ok = finish_one(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], now,
-    b)
-  recorded[#recorded + 1] = ok and 1 or 0
+for i = others, #ARGV, 6 do
+  k = k + 1
+  if recorded[k] == 1 then
+    finish_one(w, ARGV[i], ARGV[i + 2], tokens[k], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], now, b)
+  end
 end
 finish_done(w, b, now)
 -- Tasks placed here start at once; then the inbox tops up the claim (tasks assigned to w

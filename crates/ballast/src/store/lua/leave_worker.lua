@@ -23,7 +23,7 @@ if phase == 'remove' then
 else
   redis.call('HSET', wk, 'state', 'draining')
   index_worker(w)
-  for _, id in ipairs(redis.call('SMEMBERS', held_key(w))) do
+  for _, id in ipairs(held_ids(w)) do
     if redis.call('HGET', task_key(id), 'state') == 'assigned' then
       requeue(id, w, now)
       back = back + 1

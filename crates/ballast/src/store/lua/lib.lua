@@ -37,7 +37,23 @@ local function key(name) return P .. name end
 local function task_key(id) return P .. 'task:' .. id end
 local function worker_key(w) return P .. 'worker:' .. w end
 local function inbox_key(w) return P .. 'worker:' .. w .. ':inbox' end
+-- The tasks w holds, one token each: "<lease> <cost> <id>" while running, the same with an
+-- "a" in front while assigned. A token names the run, not just the task, so a finish is
+-- fenced by one batched SMISMEMBER of its reports' tokens instead of a read of each task's
+-- record, and the cost it frees comes with it. Lease and cost are digits, so the id
+-- (whatever it holds) is the rest.
 local function held_key(w) return P .. 'worker:' .. w .. ':tasks' end
+-- `lease` and `cost` as text; `assigned`: not started yet.
+local function held_token(id, lease, cost, assigned)
+  if assigned then return 'a' .. lease .. ' ' .. cost .. ' ' .. id end
+  return lease .. ' ' .. cost .. ' ' .. id
+end
+-- The ids of w's held tasks.
+local function held_ids(w)
+  local ids = redis.call('SMEMBERS', held_key(w))
+  for i, t in ipairs(ids) do ids[i] = string.match(t, '^a?%d+ %d+ (.*)$') end
+  return ids
+end
 -- The running tasks w was asked to cancel.
 local function cancel_key(w) return P .. 'worker:' .. w .. ':cancel' end
 -- Lease deadlines: each worker with running tasks, scored no later than the earliest
@@ -250,15 +266,16 @@ local function capable(cost, tags)
   return true
 end
 
--- Hand task `id` to worker `w` under a new lease (the fencing token every later call about
--- this assignment must present): its record now, its indexes and the worker's inbox through
--- batch b. The caller charges the worker.
-local function assign(id, w, lease, now, b)
+-- Hand task `id` (of `cost`, text) to worker `w` under a new lease (the fencing token every
+-- later call about this assignment must present): its record now, its indexes and the
+-- worker's inbox through batch b. The caller charges the worker.
+local function assign(id, w, lease, cost, now, b)
+  local l = str(lease)
   redis.call('HSET', task_key(id), 'state', 'assigned', 'worker', w, 'assigned_at', ts(now),
-    'lease', str(lease))
+    'lease', l)
   later(b, 'zrem', key('pending'), id)
   later(b, 'zadd', key('assigned'), ts(now), id)
-  later(b, 'sadd', held_key(w), id)
+  later(b, 'sadd', held_key(w), held_token(id, l, cost, true))
   later(b, 'rpush', inbox_key(w), id)
 end
 
@@ -288,11 +305,13 @@ local function start(id, w, h, o, cost, lease, now, b, fresh, out)
     redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'assigned_at',
       ts(now), 'started_at', ts(now), 'attempts', attempt, 'runs', runs)
     later(b, 'zrem', key('pending'), id)
-    later(b, 'sadd', held_key(w), id)
+    later(b, 'sadd', held_key(w), held_token(id, lease, cost))
   else
     redis.call('HSET', tk, 'state', 'running', 'started_at', ts(now), 'attempts', attempt, 'runs',
       runs)
     later(b, 'zrem', key('assigned'), id)
+    later(b, 'srem', held_key(w), held_token(id, lease, cost, true))
+    later(b, 'sadd', held_key(w), held_token(id, lease, cost))
   end
   -- The lease: when the attempt must be over by (started_at + timeout_ms). The worker's own
   -- timer stops the handler first; recovery expires the lease if a hung worker never
@@ -438,7 +457,7 @@ local function place_baseline(policy, now, got)
     if not w then break end
     -- Each assignment is written before the next choice, which reads it.
     local b = new_batch()
-    assign(id, w, num(h[2] or '0') + 1, now, b)
+    assign(id, w, num(h[2] or '0') + 1, h[1], now, b)
     flush_batch(b)
     if got then got[id] = w end
     charge(w, num(h[1]), next_tick(ticks))
@@ -525,7 +544,7 @@ local function place(now, me, got)
             start(id, w, h, 3, h[1], str(lease), now, b, true, me.out)
             me.n = me.n + 1
           else
-            assign(id, w, num(h[3] or '0') + 1, now, b)
+            assign(id, w, num(h[3] or '0') + 1, h[1], now, b)
           end
           if got then got[id] = w end
           placed = placed + 1
@@ -585,14 +604,15 @@ local function append_history(tk, entry, raw)
   redis.call('HSET', tk, 'history', cjson.encode(list))
 end
 
--- Take held task `id` (in `state`, assigned or running) off worker w: out of the assigned
--- index or the running count, out of w's held set, and its cost off w's count (w's entry in
--- the leases index may stay: it is a bound, and recovery drops it when it comes due). An assigned task's id stays in w's inbox:
+-- Take held task `id` (in `state`, assigned or running, under `lease`, of `cost`: text, as
+-- its record has them) off worker w: out of the assigned index or the running count, out of
+-- w's held set, and its cost off w's count (w's entry in the leases index may stay: it is a
+-- bound, and recovery drops it when it comes due). An assigned task's id stays in w's inbox:
 -- taking it out would be a scan of the list (LREM), and claim() skips an id whose task is no
 -- longer assigned to w when it comes to it.
 -- Returns whether w's record exists; the caller re-indexes w.
-local function unhold(id, w, state, cost)
-  redis.call('SREM', held_key(w), id)
+local function unhold(id, w, state, cost, lease)
+  redis.call('SREM', held_key(w), held_token(id, lease, cost, state == 'assigned'))
   if state == 'running' then
     running_add(-1)
     -- A cancel request is void once its task no longer runs here.
@@ -717,7 +737,7 @@ end
 -- it had already ended.
 local function cancel(id, now, b, job)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'state', 'worker', 'cost')
+  local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', 'lease')
   local state, w = h[1], h[2]
   if state == 'running' then
     redis.call('HSET', tk, 'cancel_requested', 1)
@@ -730,7 +750,7 @@ local function cancel(id, now, b, job)
   elseif state == 'scheduled' then
     redis.call('ZREM', key(state), id)
   elseif state == 'assigned' then
-    if unhold(id, w, state, h[3]) then index_worker(w) end
+    if unhold(id, w, state, h[3], h[4]) then index_worker(w) end
   else
     return 'final'
   end
@@ -811,11 +831,11 @@ end
 local function requeue(id, w, now)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'max_attempts',
-    'cancel_requested')
+    'cancel_requested', 'lease')
   -- Only a task still held: one that ended meanwhile (a job that failed cancels its other
   -- tasks, including those this loop has yet to reach) stays as it is.
   if h[3] ~= 'assigned' and h[3] ~= 'running' then return end
-  unhold(id, w, h[3], h[1])
+  unhold(id, w, h[3], h[1], h[7])
   if h[6] == '1' then
     settle(id, 'cancelled', 'error', 'cancelled while its worker was lost', now)
     return
@@ -844,7 +864,7 @@ local function release_worker(w, now)
     redis.call('HSET', worker_key(w), 'state', 'gone')
     index_worker(w)
   end
-  local held = redis.call('SMEMBERS', held_key(w))
+  local held = held_ids(w)
   for _, id in ipairs(held) do requeue(id, w, now) end
   redis.call('DEL', worker_key(w), inbox_key(w), held_key(w), cancel_key(w))
   redis.call('ZREM', leases_key(), w)
@@ -901,26 +921,40 @@ local function end_attempt(id, w, outcome, err, retry_at, now, b)
   end
 end
 
--- Record how one attempt of task `id` on worker w ended (see finish_tasks.lua for the
--- outcomes; `delay`: the retry delay in ms, as text) and settle or reschedule it; its index
--- changes and the cost it frees go to batch b. Returns whether it was recorded: false,
--- writing nothing, when the task is no longer running on w under `lease` (it was taken
--- back). The caller ends with finish_done(), then places and claims, once for however many
+-- Record how one attempt of task `id` (of `cost`, text) on worker w ended (see
+-- finish_tasks.lua for the outcomes; `delay`: the retry delay in ms, as text) and settle or
+-- reschedule it; its index changes and the cost it frees go to batch b. The caller has
+-- checked that w holds `token` (held_among()), so the task runs there under the reported
+-- lease. The caller ends with finish_done(), then places and claims, once for however many
 -- tasks it finishes.
-local function finish_one(w, id, lease, outcome, body, delay, now, b)
-  local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'state', 'worker', 'lease', 'cost')
-  if h[1] ~= 'running' or h[2] ~= w or h[3] ~= lease then return false end
-  later(b, 'srem', held_key(w), id)
+local function finish_one(w, id, cost, token, outcome, body, delay, now, b)
+  later(b, 'srem', held_key(w), token)
   b.running = b.running - 1
   b.done[#b.done + 1] = id
-  b.freed = b.freed + num(h[4])
+  b.freed = b.freed + num(cost)
   if outcome == 'succeeded' then
     settle(id, 'succeeded', 'result', body, now, b)
   else
     end_attempt(id, w, outcome, body, now + num(delay), now, b)
   end
-  return true
+end
+
+-- Which of `tokens` (running tasks' held_token()s) worker w holds: 1 or 0 each, in order,
+-- in one SMISMEMBER per BATCH_ARGS. A token given twice counts once.
+local function held_among(w, tokens)
+  local out = {}
+  for i = 1, #tokens, BATCH_ARGS do
+    local r = redis.call('SMISMEMBER', held_key(w),
+      unpack(tokens, i, math.min(i + BATCH_ARGS - 1, #tokens)))
+    for j = 1, #r do out[#out + 1] = r[j] end
+  end
+  local seen = {}
+  for i, t in ipairs(tokens) do
+    if out[i] == 1 then
+      if seen[t] then out[i] = 0 else seen[t] = true end
+    end
+  end
+  return out
 end
 
 -- After finish_one() calls for worker w that recorded the tasks in b.done and their freed

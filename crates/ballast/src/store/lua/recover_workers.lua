@@ -58,7 +58,7 @@ if redis.call('SET', key('sweep:lock'), '1', 'NX', 'PX', math.max(dead_after, 1)
           back = back + 1
         end
       elseif redis.call('SISMEMBER', key('workers'), m) == 0 then
-        for _, id in ipairs(redis.call('SMEMBERS', held_key(m))) do
+        for _, id in ipairs(held_ids(m)) do
           requeue(id, m, now)
           back = back + 1
         end
@@ -74,13 +74,13 @@ local due = redis.call('ZRANGEBYSCORE', leases_key(), '-inf', '(' .. fmt(limit),
   100)
 for _, w in ipairs(due) do
   local soonest
-  for _, id in ipairs(redis.call('SMEMBERS', held_key(w))) do
+  for _, id in ipairs(held_ids(w)) do
     local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', 'timeout_ms',
-      'started_at')
+      'started_at', 'lease')
     if h[1] == 'running' and h[2] == w then
       local deadline = tonumber(h[5]) + tonumber(h[4])
       if deadline < limit then
-        if unhold(id, w, 'running', h[3]) then index_worker(w) end
+        if unhold(id, w, 'running', h[3], h[6]) then index_worker(w) end
         local err = 'lease expired: no report ' .. h[4] .. ' ms after the start, plus ' ..
           dead_after .. ' ms'
         end_attempt(id, w, 'retry', err, now, now)

@@ -16,7 +16,7 @@
 local w = ARGV[2]
 if redis.call('HGET', worker_key(w), 'epoch') ~= ARGV[3] then return {} end
 local now = now_ms()
-local held, popped = redis.call('SMEMBERS', KEYS[1]), {}
+local held, popped = held_ids(w), {}
 for _, id in ipairs(held) do
   if redis.call('HGET', task_key(id), 'state') == 'assigned'
     and not redis.call('LPOS', inbox_key(w), id) then
