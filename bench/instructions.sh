@@ -78,7 +78,7 @@ callgrind_control -z "$server" >/dev/null
 worker=$!
 # The drain runs some 50 times slower than natively: allow a generous hour.
 deadline=$((SECONDS + 3600))
-until [ "$(cli zcard 'ballast:{ib}:succeeded' 2>/dev/null || echo 0)" -ge $((n + 1)) ]; do
+until [ "$(cli llen 'ballast:{ib}:succeeded' 2>/dev/null || echo 0)" -ge $((n + 1)) ]; do
   kill -0 "$worker" 2>/dev/null || fail "the worker exited before the drain ended"
   [ $SECONDS -lt $deadline ] || fail "the drain did not end within an hour"
   sleep 0.2

@@ -417,7 +417,9 @@ impl TaskRecord {
             timeout_ms: int(&h, "timeout_ms")?,
             lease: opt_int(&h, "lease").unwrap_or(0),
             submitted_at: int(&h, "submitted_at")?,
-            assigned_at: opt_int(&h, "assigned_at"),
+            // A task placed and started in one step is stored without it: its start is its
+            // placement.
+            assigned_at: opt_int(&h, "assigned_at").or_else(|| opt_int(&h, "started_at")),
             started_at: opt_int(&h, "started_at"),
             finished_at: opt_int(&h, "finished_at"),
             run_at: opt_int(&h, "run_at"),

@@ -39,7 +39,7 @@ async fn tasks_not_started_are_cancelled_at_once_wherever_they_wait() {
         );
         assert!(t.finished_at.is_some());
     }
-    assert_eq!(env.zrange(Q, "cancelled").await.len(), 2);
+    assert_eq!(env.list(Q, "cancelled").await.len(), 2);
     assert!(env.zrange(Q, "scheduled").await.is_empty());
     env.assert_sound(Q).await;
     // ...and a claim steps over it to the task that is w's.

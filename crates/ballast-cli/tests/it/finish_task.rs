@@ -3,9 +3,10 @@
 //! a stale lease or a wrong worker is refused and writes nothing.
 
 use ballast::store::{ClaimedTask, Finish, Leave, Outcome};
+use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::harness::{expect_keys, free_score, strmap, take_time, task, Env};
+use crate::harness::{expect_keys, free_score, qkey, strmap, take_time, task, Env};
 
 const Q: &str = "jobs";
 
@@ -50,10 +51,7 @@ async fn success_is_recorded_and_the_cost_freed() {
             "finished_at": finished,
         }])
     );
-    assert_eq!(
-        env.zscores(Q, "succeeded").await,
-        vec![(t.id.clone(), finished as f64)]
-    );
+    assert_eq!(env.list(Q, "succeeded").await, vec![t.id.clone()]);
 
     let mut w = env.worker_hash(Q, "w").await;
     w.remove("registered_at");
@@ -175,10 +173,12 @@ async fn the_next_pending_task_is_placed_and_claimed_in_the_same_call() {
             role: String::new(),
         }]
     );
+    // Placed and started in one step: no assigned_at is stored, and the record reads its
+    // start as its placement.
     let mut h = env.task_hash(Q, &t2).await;
-    let assigned = take_time(&mut h, "assigned_at", lo, hi);
     let started = take_time(&mut h, "started_at", lo, hi);
-    assert_eq!(assigned, started);
+    assert!(!h.contains_key("assigned_at"), "{h:?}");
+    assert_eq!(env.task_record(Q, &t2).await.assigned_at, Some(started));
     assert_eq!(
         (
             h["state"].as_str(),
@@ -322,10 +322,9 @@ async fn finished_tasks_beyond_the_retention_are_deleted_as_new_ones_finish() {
         env.finish(Q, "w", &t, 0).await;
         ids.push(id);
     }
-    // The three newest are kept; the older records are gone with their index entries.
-    let mut kept = env.zrange(Q, "succeeded").await;
-    kept.sort();
-    assert_eq!(kept, ids[3..].to_vec());
+    // The three newest are kept, in finish order; the older records are gone with their
+    // index entries.
+    assert_eq!(env.list(Q, "succeeded").await, ids[3..].to_vec());
     for old in &ids[..3] {
         assert!(env.task_hash(Q, old).await.is_empty(), "{old} kept");
     }
@@ -358,5 +357,41 @@ async fn a_wrong_cost_is_refused_and_a_report_given_twice_counts_once() {
     assert_eq!(recorded, vec![true, false]);
     assert_eq!(env.worker_int(Q, "w", "assigned").await, 0);
     assert_eq!(env.worker_int(Q, "w", "finished").await, 1);
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn finished_tasks_past_their_age_go_oldest_first_as_new_ones_finish() {
+    let mut env = Env::start().await;
+    env.store
+        .set_retention(Q, 100, std::time::Duration::from_secs(3600))
+        .await
+        .expect("retention");
+    env.register(Q, "w", 1, &[]).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = env.submit(task(Q, 1)).await;
+        let t = env.claim(Q, "w", 1).await.remove(0);
+        env.finish(Q, "w", &t, 0).await;
+        ids.push(id);
+    }
+    // The two oldest finished two hours ago, past the retention's hour.
+    let past = env.now_ms().await - 2 * 3600 * 1000;
+    for old in &ids[..2] {
+        let _: () = env
+            .raw
+            .hset(qkey(Q, &format!("task:{old}")), "finished_at", past)
+            .await
+            .expect("hset");
+    }
+    // The next finish drops them (up to two per finished task); the rest stay in order.
+    let id = env.submit(task(Q, 1)).await;
+    let t = env.claim(Q, "w", 1).await.remove(0);
+    env.finish(Q, "w", &t, 0).await;
+    ids.push(id);
+    assert_eq!(env.list(Q, "succeeded").await, ids[2..].to_vec());
+    for old in &ids[..2] {
+        assert!(env.task_hash(Q, old).await.is_empty(), "{old} kept");
+    }
     env.assert_sound(Q).await;
 }

@@ -91,6 +91,14 @@ impl Env {
         tasks.into_iter().map(|t| t.id).collect()
     }
 
+    /// The list `name` of `queue` (succeeded and cancelled tasks, in finish order).
+    pub async fn list(&mut self, queue: &str, name: &str) -> Vec<String> {
+        self.raw
+            .lrange(format!("{}{name}", prefix(queue)), 0, -1)
+            .await
+            .expect("lrange")
+    }
+
     pub async fn hash(&mut self, key: &str) -> HashMap<String, String> {
         self.raw.hgetall(key).await.expect("hgetall")
     }

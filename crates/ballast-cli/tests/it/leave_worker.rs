@@ -85,7 +85,7 @@ async fn drain_hands_back_unstarted_tasks_and_keeps_running_ones() {
     // Its running task still finishes normally and frees the cost.
     assert!(env.finish(Q, "w", &started[0], 4).await.is_empty());
     assert_eq!(env.worker_int(Q, "w", "assigned").await, 0);
-    assert_eq!(env.zrange(Q, "succeeded").await, vec![t1]);
+    assert_eq!(env.list(Q, "succeeded").await, vec![t1]);
     env.assert_sound(Q).await;
 }
 

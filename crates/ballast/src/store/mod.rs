@@ -365,10 +365,16 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The state index (sorted set) each task state lives in; pending tasks may also be parked.
-/// Running tasks have none (see [`Store::counts`] and [`Store::tasks`]).
+/// The state index each task state lives in; pending tasks may also be parked. Running
+/// tasks have none (see [`Store::counts`] and [`Store::tasks`]).
 fn state_key(p: &str, state: TaskState) -> String {
     format!("{p}{state}")
+}
+
+/// Whether a state's index is a list in finish order (succeeded and cancelled tasks leave it
+/// oldest first only) rather than a sorted set.
+fn listed(state: TaskState) -> bool {
+    matches!(state, TaskState::Succeeded | TaskState::Cancelled)
 }
 
 /// The handle on Redis. Cheap to clone; clones share one multiplexed, reconnecting connection.
@@ -727,7 +733,11 @@ impl Store {
                 if ids.len() >= limit {
                     break;
                 }
-                let got: Vec<String> = conn.zrange(k, 0, end).await?;
+                let got: Vec<String> = if listed(s) {
+                    conn.lrange(k, 0, end).await?
+                } else {
+                    conn.zrange(k, 0, end).await?
+                };
                 ids.extend(got);
             }
         }
@@ -790,7 +800,11 @@ impl Store {
                 // A count the functions keep: running tasks have no index.
                 pipe.cmd("GET").arg(format!("{p}running_count"));
             } else {
-                pipe.zcard(state_key(&p, s));
+                if listed(s) {
+                    pipe.llen(state_key(&p, s));
+                } else {
+                    pipe.zcard(state_key(&p, s));
+                }
             }
         }
         pipe.zcard(format!("{p}parked"));
@@ -1361,7 +1375,11 @@ impl Store {
             "cancelled",
         ];
         for name in indexes {
-            let ids: Vec<String> = conn.zrange(format!("{p}{name}"), 0, -1).await?;
+            let ids: Vec<String> = if matches!(name, "succeeded" | "cancelled") {
+                conn.lrange(format!("{p}{name}"), 0, -1).await?
+            } else {
+                conn.zrange(format!("{p}{name}"), 0, -1).await?
+            };
             for id in ids {
                 index_of.entry(id).or_default().push(name.to_string());
             }

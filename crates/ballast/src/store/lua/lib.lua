@@ -298,12 +298,13 @@ end
 -- straight from pending (placed and started in one step, with no inbox in between); else it
 -- was assigned to w. Index changes go to batch b; the record the worker gets is appended to
 -- `out` (claimed_row()).
-local function start(id, w, h, o, cost, lease, now, b, fresh, out)
-  local tk, attempt = task_key(id), str(num(h[o + 1] or '0') + 1)
+local function start(tk, id, w, h, o, cost, lease, now, b, fresh, out)
+  local attempt = str(num(h[o + 1] or '0') + 1)
   local runs = str(num(h[o + 2] or '0') + 1)
   if fresh then
-    redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'assigned_at',
-      ts(now), 'started_at', ts(now), 'attempts', attempt, 'runs', runs)
+    -- No assigned_at: it was never assigned apart from its start (readers take started_at).
+    redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'started_at',
+      ts(now), 'attempts', attempt, 'runs', runs)
     later(b, 'zrem', key('pending'), id)
     later(b, 'sadd', held_key(w), held_token(id, lease, cost))
   else
@@ -513,16 +514,18 @@ local function place(now, me, got)
     if #ids == 0 then break end
     for i = 1, #ids do
       local id = ids[i]
+      local tk = task_key(id)
       seen = seen + 1
       -- The start fields (payload included) only while `me` may still start a task; h[3] is
       -- the lease either way.
       local h
       if me and me.n < me.max then
-        h = redis.call('HMGET', task_key(id), 'cost', 'tags', unpack(START_FIELDS))
+        h = redis.call('HMGET', tk, 'cost', 'tags', unpack(START_FIELDS))
       else
-        h = redis.call('HMGET', task_key(id), 'cost', 'tags', 'lease')
+        h = redis.call('HMGET', tk, 'cost', 'tags', 'lease')
       end
-      local shape = (h[2] or '') .. '|' .. h[1]
+      -- An untagged shape is its cost alone (no string made for it); a tagged one has '|'.
+      local shape = h[2] and (h[2] .. '|' .. h[1]) or h[1]
       if blocked[shape] then
         stepped = stepped + 1
       elseif incapable[shape] then
@@ -541,7 +544,7 @@ local function place(now, me, got)
           if v.loaded then view_charge(v, w, cost, tick) else charge(w, cost, tick) end
           if me and w == me.w and me.n < me.max then
             local lease = num(h[3] or '0') + 1
-            start(id, w, h, 3, h[1], str(lease), now, b, true, me.out)
+            start(tk, id, w, h, 3, h[1], str(lease), now, b, true, me.out)
             me.n = me.n + 1
           else
             assign(id, w, num(h[3] or '0') + 1, h[1], now, b)
@@ -636,26 +639,29 @@ local NO_JOB = {}
 local RETAIN_COUNT = 100000
 local RETAIN_MS = 7 * 24 * 3600 * 1000
 
--- After `n` tasks reached `state`, drop at most 2n of the oldest finished tasks past the
--- queue's retention: a little work at every finish keeps the set at its bound (it shrinks
--- back after a burst) with no sweeper and no long call.
+-- After `n` tasks reached `state` (succeeded or cancelled), drop at most 2n of the oldest
+-- finished tasks past the queue's retention: a little work at every finish keeps the list
+-- at its bound (it shrinks back after a burst) with no sweeper and no long call. The list is
+-- in finish order, so its head is the oldest: the count is a length, and the age is read
+-- from the head's record, one victim at a time (only an idle-then-old queue trims by age;
+-- a busy one reaches its count first).
 local function trim_finished(state, now, n)
   local r = redis.call('HMGET', key('retention'), 'count', 'ms')
   local max_count, max_ms = tonumber(r[1]) or RETAIN_COUNT, tonumber(r[2]) or RETAIN_MS
   local most = 2 * n
-  local victims = redis.call('ZRANGEBYSCORE', key(state), '-inf', '(' .. fmt(now - max_ms),
-    'LIMIT', 0, most)
-  if #victims < most then
-    -- Past the count too: the oldest go, at least as many as are past their age.
-    local excess = redis.call('ZCARD', key(state)) - max_count
-    if excess > #victims then
-      victims = redis.call('ZRANGE', key(state), 0, math.min(excess, most) - 1)
+  local drop = math.min(redis.call('LLEN', key(state)) - max_count, most)
+  if drop < most then
+    local oldest = redis.call('LRANGE', key(state), math.max(drop, 0), most - 1)
+    for _, id in ipairs(oldest) do
+      local at = tonumber(redis.call('HGET', task_key(id), 'finished_at'))
+      if at and at >= now - max_ms then break end
+      drop = math.max(drop, 0) + 1
     end
   end
-  if #victims == 0 then return end
+  if drop <= 0 then return end
+  local victims = redis.call('LPOP', key(state), drop)
   local keys = {}
   for i, old in ipairs(victims) do keys[i] = task_key(old) end
-  redis.call('ZREM', key(state), unpack(victims))
   redis.call('DEL', unpack(keys))
 end
 
@@ -666,12 +672,22 @@ end
 -- {job, chunk} fields when the caller has read them (NO_JOB: none to tell).
 local function settle(id, state, field, body, now, b, job)
   redis.call('HSET', task_key(id), 'state', state, 'finished_at', ts(now), field, body)
+  -- Dead letters leave one by one (retried or purged): a sorted set by time. Succeeded and
+  -- cancelled tasks leave oldest first only: a list in finish order, cheaper to append to.
   if b then
-    later(b, 'zadd', key(state), ts(now), id)
+    if state == 'failed' then
+      later(b, 'zadd', key(state), ts(now), id)
+    else
+      later(b, 'rpush', key(state), id)
+      b.settled[state] = (b.settled[state] or 0) + 1
+    end
     b.events[#b.events + 1] = id
-    if state ~= 'failed' then b.settled[state] = (b.settled[state] or 0) + 1 end
   else
-    redis.call('ZADD', key(state), ts(now), id)
+    if state == 'failed' then
+      redis.call('ZADD', key(state), ts(now), id)
+    else
+      redis.call('RPUSH', key(state), id)
+    end
     redis.call('PUBLISH', key('events'), id)
     if state ~= 'failed' then trim_finished(state, now, 1) end
   end
@@ -884,9 +900,10 @@ local function claim(w, given, max, now, out)
   local ids = given
   while true do
     for _, id in ipairs(ids) do
-      local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', unpack(START_FIELDS))
+      local tk = task_key(id)
+      local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', unpack(START_FIELDS))
       if h[1] == 'assigned' and h[2] == w then
-        start(id, w, h, 4, h[3], h[4], now, b, false, out)
+        start(tk, id, w, h, 4, h[3], h[4], now, b, false, out)
         n = n + 1
       end
     end
