@@ -307,6 +307,19 @@ async fn a_draining_worker_finishes_but_claims_nothing_more() {
     env.assert_sound(Q).await;
 }
 
+/// Submits, claims and finishes `n` tasks on worker "w" (capacity 1), one at a time, so
+/// they finish in submission order; returns their ids.
+async fn run_one_by_one(env: &mut Env, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let id = env.submit(task(Q, 1)).await;
+        let t = env.claim(Q, "w", 1).await.remove(0);
+        env.finish(Q, "w", &t, 0).await;
+        ids.push(id);
+    }
+    ids
+}
+
 #[tokio::test]
 async fn finished_tasks_beyond_the_retention_are_deleted_as_new_ones_finish() {
     let mut env = Env::start().await;
@@ -315,13 +328,7 @@ async fn finished_tasks_beyond_the_retention_are_deleted_as_new_ones_finish() {
         .await
         .expect("retention");
     env.register(Q, "w", 1, &[]).await;
-    let mut ids = Vec::new();
-    for _ in 0..6 {
-        let id = env.submit(task(Q, 1)).await;
-        let t = env.claim(Q, "w", 1).await.remove(0);
-        env.finish(Q, "w", &t, 0).await;
-        ids.push(id);
-    }
+    let ids = run_one_by_one(&mut env, 6).await;
     // The three newest are kept, in finish order; the older records are gone with their
     // index entries.
     assert_eq!(env.list(Q, "succeeded").await, ids[3..].to_vec());
@@ -368,13 +375,7 @@ async fn finished_tasks_past_their_age_go_oldest_first_as_new_ones_finish() {
         .await
         .expect("retention");
     env.register(Q, "w", 1, &[]).await;
-    let mut ids = Vec::new();
-    for _ in 0..4 {
-        let id = env.submit(task(Q, 1)).await;
-        let t = env.claim(Q, "w", 1).await.remove(0);
-        env.finish(Q, "w", &t, 0).await;
-        ids.push(id);
-    }
+    let mut ids = run_one_by_one(&mut env, 4).await;
     // The two oldest finished two hours ago, past the retention's hour.
     let past = env.now_ms().await - 2 * 3600 * 1000;
     for old in &ids[..2] {
@@ -385,10 +386,7 @@ async fn finished_tasks_past_their_age_go_oldest_first_as_new_ones_finish() {
             .expect("hset");
     }
     // The next finish drops them (up to two per finished task); the rest stay in order.
-    let id = env.submit(task(Q, 1)).await;
-    let t = env.claim(Q, "w", 1).await.remove(0);
-    env.finish(Q, "w", &t, 0).await;
-    ids.push(id);
+    ids.extend(run_one_by_one(&mut env, 1).await);
     assert_eq!(env.list(Q, "succeeded").await, ids[2..].to_vec());
     for old in &ids[..2] {
         assert!(env.task_hash(Q, old).await.is_empty(), "{old} kept");

@@ -694,7 +694,7 @@ local function settle(id, state, field, body, now, b, job)
   job_task_settled(id, state, body, now, job)
 end
 
--- Writes batch b, then trims the finished sets that its settled tasks grew.
+-- Writes batch b, then trims the finished lists that its settled tasks grew.
 local function flush_settled(b, now)
   flush_batch(b)
   for settled, count in pairs(b.settled) do trim_finished(settled, now, count) end
