@@ -3,8 +3,10 @@
 //! deletes the worker's keys; handed-back tasks return to pending or go to another worker.
 
 use ballast::store::Leave;
+use ballast::TaskState;
+use redis::AsyncCommands;
 
-use crate::harness::{expect_keys, strmap, task, Env};
+use crate::harness::{expect_keys, qkey, strmap, task, Env};
 
 const Q: &str = "jobs";
 
@@ -251,4 +253,22 @@ async fn leaving_an_unknown_worker_changes_nothing() {
         assert_eq!(env.snapshot().await, before);
     }
     env.assert_sound(Q).await;
+}
+
+#[tokio::test]
+async fn a_held_task_whose_record_is_gone_is_not_counted_as_handed_back() {
+    let mut env = Env::start().await;
+    env.register(Q, "w", 2, &[]).await;
+    let kept = env.submit(task(Q, 1)).await;
+    let gone = env.submit(task(Q, 1)).await;
+    env.claim(Q, "w", 2).await;
+    // A hand-made DEL of one record: the worker's held set still names it.
+    let _: () = env
+        .raw
+        .del(qkey(Q, &format!("task:{gone}")))
+        .await
+        .expect("del");
+    assert_eq!(env.leave(Q, "w", Leave::Remove).await, Some(1));
+    assert_eq!(env.task_record(Q, &kept).await.state, TaskState::Pending);
+    assert!(env.task_hash(Q, &gone).await.is_empty());
 }

@@ -701,6 +701,13 @@ local function flush_settled(b, now)
   b.settled = {}
 end
 
+-- Index scheduled task `id` to run at `at` (ms, text) and wake a promotion loop.
+local function wake_at(id, at)
+  redis.call('ZADD', key('scheduled'), at, id)
+  redis.call('LPUSH', key('wake'), '1')
+  redis.call('LTRIM', key('wake'), 0, 0)
+end
+
 -- Make task `id` scheduled, to run at `due` (ms; `err`, when given, is the error the retry
 -- follows), and wake a promotion loop: they wait on P .. 'wake' (a blocking pop)
 -- rather than poll, so a task scheduled while they sleep is not missed. The list holds one
@@ -712,9 +719,7 @@ local function schedule(id, due, err)
   else
     redis.call('HSET', task_key(id), 'state', 'scheduled', 'run_at', at)
   end
-  redis.call('ZADD', key('scheduled'), at, id)
-  redis.call('LPUSH', key('wake'), '1')
-  redis.call('LTRIM', key('wake'), 0, 0)
+  wake_at(id, at)
 end
 
 -- Store a new task record and queue it (pending, or scheduled when `due` is ahead). `extra`
@@ -734,11 +739,18 @@ local function new_task(id, kind, payload, priority, cost, tags, max_attempts, t
   redis.call('HSET', tk, 'kind', kind, 'payload', payload, 'cost', cost, 'max_attempts',
     max_attempts, 'timeout_ms', timeout_ms, 'state', state, 'order', order, 'submitted_at',
     ts(now))
-  if priority ~= '0' then redis.call('HSET', tk, 'priority', priority) end
-  if tags ~= '' then redis.call('HSET', tk, 'tags', tags) end
-  if extra and #extra > 0 then redis.call('HSET', tk, unpack(extra)) end
-  if state == 'scheduled' then
-    schedule(id, due)
+  -- The fields most tasks go without, in one more command at most (a table for them would
+  -- cost every task).
+  local scheduled = state == 'scheduled'
+  if priority ~= '0' or tags ~= '' or scheduled or (extra and #extra > 0) then
+    local f = extra and { unpack(extra) } or {}
+    if priority ~= '0' then f[#f + 1], f[#f + 2] = 'priority', priority end
+    if tags ~= '' then f[#f + 1], f[#f + 2] = 'tags', tags end
+    if scheduled then f[#f + 1], f[#f + 2] = 'run_at', fmt(due) end
+    redis.call('HSET', tk, unpack(f))
+  end
+  if scheduled then
+    wake_at(id, fmt(due))
   elseif b then
     later(b, 'zadd', key('pending'), order, id)
   else
@@ -843,18 +855,18 @@ end
 -- fault, so it gives its attempt back; `runs` still counts it. But a task whose runs were cut
 -- short more than max_attempts times is likely what kills its workers: from then on the run
 -- counts, and once its attempts are spent it goes to the dead letters instead of looping.
--- The caller calls place().
+-- Returns whether the task was still held (and so taken off w). The caller calls place().
 local function requeue(id, w, now)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'max_attempts',
     'cancel_requested', 'lease')
   -- Only a task still held: one that ended meanwhile (a job that failed cancels its other
   -- tasks, including those this loop has yet to reach) stays as it is.
-  if h[3] ~= 'assigned' and h[3] ~= 'running' then return end
+  if h[3] ~= 'assigned' and h[3] ~= 'running' then return false end
   unhold(id, w, h[3], h[1], h[7])
   if h[6] == '1' then
     settle(id, 'cancelled', 'error', 'cancelled while its worker was lost', now)
-    return
+    return true
   end
   redis.call('HINCRBY', tk, 'requeues', 1)
   if h[3] == 'running' then
@@ -865,12 +877,13 @@ local function requeue(id, w, now)
       redis.call('HINCRBY', tk, 'attempts', -1)
     elseif tonumber(h[4]) >= tonumber(h[5]) then
       settle(id, 'failed', 'error', 'gave up: ' .. cut .. ' runs were cut short', now)
-      return
+      return true
     end
   end
   redis.call('ZADD', key('pending'), h[2], id)
   redis.call('HSET', tk, 'state', 'pending', 'worker', '')
   redis.call('HDEL', tk, 'assigned_at', 'started_at')
+  return true
 end
 
 -- Remove worker w entirely: out of every index, its tasks handed back, its keys deleted.
@@ -880,13 +893,15 @@ local function release_worker(w, now)
     redis.call('HSET', worker_key(w), 'state', 'gone')
     index_worker(w)
   end
-  local held = held_ids(w)
-  for _, id in ipairs(held) do requeue(id, w, now) end
+  local back = 0
+  for _, id in ipairs(held_ids(w)) do
+    if requeue(id, w, now) then back = back + 1 end
+  end
   redis.call('DEL', worker_key(w), inbox_key(w), held_key(w), cancel_key(w))
   redis.call('ZREM', leases_key(), w)
   redis.call('SREM', key('workers'), w)
   redis.call('ZREM', key('heartbeats'), w)
-  return #held
+  return back
 end
 
 -- Claim up to `max` tasks for worker w: `given` ids (already popped from the inbox by the

@@ -53,14 +53,12 @@ if redis.call('SET', key('sweep:lock'), '1', 'NX', 'PX', math.max(dead_after, 1)
       local m = step[2][i]
       if index == 'assigned' then
         local w = redis.call('HGET', task_key(m), 'worker') or ''
-        if redis.call('SISMEMBER', key('workers'), w) == 0 then
-          requeue(m, w, now)
+        if redis.call('SISMEMBER', key('workers'), w) == 0 and requeue(m, w, now) then
           back = back + 1
         end
       elseif redis.call('SISMEMBER', key('workers'), m) == 0 then
         for _, id in ipairs(held_ids(m)) do
-          requeue(id, m, now)
-          back = back + 1
+          if requeue(id, m, now) then back = back + 1 end
         end
         redis.call('DEL', held_key(m))
         redis.call('ZREM', leases_key(), m)
