@@ -420,6 +420,31 @@ async fn a_redis_restarted_empty_learns_its_queues_again() {
 }
 
 #[tokio::test]
+async fn a_user_who_may_not_write_the_queue_directory_still_submits() {
+    let mut env = Env::start().await;
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "producer", "on", ">pw", "~*", "&*", "+@all", "-sadd",
+        ])
+        .query_async(&mut env.raw)
+        .await
+        .expect("acl setuser");
+    let producer = ballast::Client::new(
+        ballast::store::Store::connect(&format!("{}?user=producer&pass=pw", env.url))
+            .await
+            .expect("connect as producer"),
+    );
+    // The directory's SADD is refused; the submit is stored and placed all the same (the
+    // refusal is logged once), and the queue is simply not listed.
+    let spec = TaskSpec::new(Q, "add");
+    let placed = producer.submit(&spec).await.expect("submit without SADD");
+    assert_eq!(placed, Placement::Pending);
+    assert_eq!(env.task_hash(Q, &spec.id).await["state"], "pending");
+    assert!(env.store.queues().await.expect("queues").is_empty());
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
 async fn a_redis_without_functions_is_named_as_too_old() {
     // FCALL renamed away: what a Redis older than 7.0 answers.
     let env = Env::start_with(&["--rename-command", "FCALL", ""]).await;

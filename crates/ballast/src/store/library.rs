@@ -12,6 +12,7 @@
 //! on the first call that finds it missing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
@@ -166,15 +167,16 @@ impl Call {
         self
     }
 
-    /// Sends `first` just before the call, in the same round trip (its reply is dropped).
-    /// Errors are told per command, so the call's own error (a missing library) keeps its
-    /// detail rather than coming wrapped as a pipeline failure.
+    /// Sends `first` just before the call, in the same round trip. Its reply is dropped, and
+    /// its error does not fail the call: it is logged, once per process (`first` is the
+    /// directory of queues' `SADD`, bookkeeping the call does not need). Errors
+    /// are told per command, so the call's own error (a missing library) keeps its detail
+    /// rather than coming wrapped as a pipeline failure.
     pub(crate) fn preceded_by(&mut self, first: Cmd) -> &mut Call {
         if let Request::Alone(cmd) = &mut self.request {
             let mut pipe = redis::pipe();
             pipe.ignore_errors()
                 .add_command(first)
-                .ignore()
                 .add_command(std::mem::take(cmd));
             self.request = Request::Preceded(pipe);
         }
@@ -204,12 +206,26 @@ impl Call {
         match &self.request {
             Request::Alone(cmd) => cmd.query_async(conn).await,
             Request::Preceded(pipe) => {
-                let (reply,): (RedisResult<T>,) = pipe.query_async(conn).await?;
+                let (first, reply): (RedisResult<redis::Value>, RedisResult<T>) =
+                    pipe.query_async(conn).await?;
+                if let Err(e) = first {
+                    if !FIRST_FAILED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            error = %e,
+                            "cannot add the queue to the directory of queues (ballast:queues): \
+                             tasks and workers are stored, but `ballast status` will not list \
+                             the queue; allow SADD on ballast:queues"
+                        );
+                    }
+                }
                 reply
             }
         }
     }
 }
+
+/// Whether a command sent before a call has failed in this process (told once).
+static FIRST_FAILED: AtomicBool = AtomicBool::new(false);
 
 fn function_missing(e: &RedisError) -> bool {
     e.detail()
