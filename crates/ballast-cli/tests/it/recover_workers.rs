@@ -516,6 +516,47 @@ async fn a_due_leases_entry_moves_to_the_soonest_deadline_left_then_goes() {
 }
 
 #[tokio::test]
+async fn one_recovery_call_reads_the_held_tasks_of_about_a_thousand_leases() {
+    let mut env = Env::start().await;
+    env.register(Q, "a", 1000, &[]).await;
+    let specs: Vec<_> = (0..1000).map(|_| task(Q, 1)).collect();
+    env.client.submit_many(&specs).await.expect("submit");
+    assert_eq!(env.claim(Q, "a", 1000).await.len(), 1000);
+    env.register(Q, "b", 1, &[]).await;
+    let last = env.submit(task(Q, 1)).await;
+    env.claim(Q, "b", 1).await;
+    // Both entries come due; no lease has expired.
+    let past = env.now_ms().await - 10_000;
+    for w in ["a", "b"] {
+        let _: () = env
+            .raw
+            .zadd(qkey(Q, "leases"), w, past)
+            .await
+            .expect("zadd");
+    }
+    let recover = |env: &Env| {
+        let store = env.store.clone();
+        async move { store.recover_workers(Q, DEAD_AFTER).await.expect("recover") }
+    };
+    // The first call reads a's thousand tasks and stops there: b stays due.
+    assert_eq!(recover(&env).await, (0, 0));
+    let b_due = env.zscores(Q, "leases").await;
+    assert!(b_due.contains(&("b".to_string(), past as f64)), "{b_due:?}");
+    assert!(
+        !b_due.contains(&("a".to_string(), past as f64)),
+        "{b_due:?}"
+    );
+    // The next call reaches b, whose entry moves to its task's deadline.
+    assert_eq!(recover(&env).await, (0, 0));
+    let started = env.task_record(Q, &last).await.started_at.expect("started");
+    assert!(env
+        .zscores(Q, "leases")
+        .await
+        .contains(&("b".to_string(), (started + 300_000) as f64)));
+    env.assert_sound(Q).await;
+}
+
+#[tokio::test]
 async fn an_expired_lease_of_a_task_asked_to_stop_cancels_it() {
     let mut env = Env::start().await;
     env.register(Q, "hung", 1, &[]).await;

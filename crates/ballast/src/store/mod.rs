@@ -808,8 +808,13 @@ impl Store {
             }
         }
         pipe.zcard(format!("{p}parked"));
-        let c: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
-        let c: Vec<u64> = c.into_iter().map(Option::unwrap_or_default).collect();
+        // Signed: a count the functions keep could only go below zero through a bug, which
+        // must not make the counts unreadable.
+        let c: Vec<Option<i64>> = pipe.query_async(&mut conn).await?;
+        let c: Vec<u64> = c
+            .into_iter()
+            .map(|n| u64::try_from(n.unwrap_or(0)).unwrap_or(0))
+            .collect();
         Ok(QueueCounts {
             scheduled: c[0],
             pending: c[1] + c[7],
@@ -1352,8 +1357,11 @@ impl Store {
     /// Checks the queue's invariants and returns every violation found (empty when sound):
     /// - each worker's assigned cost equals the cost of the tasks it holds, within capacity,
     ///   and an active worker's free-index score says capacity - assigned;
-    /// - every task is in exactly one state index, the one its record names;
-    /// - every held task names its worker and is assigned or running; each assigned one is in
+    /// - every task but a running one is in exactly one state index, the one its record
+    ///   names; the running count matches the records, and each running task's worker has a
+    ///   leases entry no later than its deadline;
+    /// - every held task names its worker and is assigned or running under its token's lease
+    ///   and cost; each assigned one is in
     ///   the worker's inbox (which may also hold ids of tasks taken back since: claims skip
     ///   them).
     ///
@@ -1418,8 +1426,8 @@ impl Store {
             .values()
             .filter(|t| t.state == TaskState::Running)
             .count();
-        let count: Option<usize> = conn.get(format!("{p}running_count")).await?;
-        if count.unwrap_or(0) != running {
+        let count: Option<i64> = conn.get(format!("{p}running_count")).await?;
+        if usize::try_from(count.unwrap_or(0)).ok() != Some(running) {
             bad.push(format!(
                 "running count {count:?}, but {running} records say running"
             ));

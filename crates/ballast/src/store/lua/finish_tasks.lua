@@ -29,7 +29,8 @@
 -- incarnation's tasks.
 --
 -- Returns {recorded, claimed}: recorded[i] is 1, or 0 when the i-th report (successes
--- first) was stale (taken back, nothing written for it); claimed has the shape
+-- first) was stale (taken back, nothing written for it) or repeated a report before it in
+-- the call; claimed has the shape
 -- claim_tasks.lua returns.
 
 local w, epoch, claim_max = ARGV[2], ARGV[3], tonumber(ARGV[4])

@@ -48,11 +48,15 @@ local function held_token(id, lease, cost, assigned)
   if assigned then return 'a' .. lease .. ' ' .. cost .. ' ' .. id end
   return lease .. ' ' .. cost .. ' ' .. id
 end
--- The ids of w's held tasks.
+-- The ids of w's held tasks, and whether each is assigned (not started). Something that is
+-- not a token counts as its own id, so a stray member can never end the list early.
 local function held_ids(w)
-  local ids = redis.call('SMEMBERS', held_key(w))
-  for i, t in ipairs(ids) do ids[i] = string.match(t, '^a?%d+ %d+ (.*)$') end
-  return ids
+  local ids, assigned = redis.call('SMEMBERS', held_key(w)), {}
+  for i, t in ipairs(ids) do
+    local a, id = string.match(t, '^(a?)%d+ %d+ (.*)$')
+    ids[i], assigned[i] = id or t, a == 'a'
+  end
+  return ids, assigned
 end
 -- The running tasks w was asked to cancel.
 local function cancel_key(w) return P .. 'worker:' .. w .. ':cancel' end

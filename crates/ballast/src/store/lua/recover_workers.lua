@@ -67,12 +67,19 @@ if redis.call('SET', key('sweep:lock'), '1', 'NX', 'PX', math.max(dead_after, 1)
   end
 end
 
--- Workers whose earliest lease may have expired, each checked task by task.
+-- Workers whose earliest lease may have expired, each checked task by task. One call reads
+-- the held tasks of as many as fit in LEASE_READS (at least one worker); the others stay
+-- due for the next call.
+local LEASE_READS = 1000
 local due = redis.call('ZRANGEBYSCORE', leases_key(), '-inf', '(' .. fmt(limit), 'LIMIT', 0,
   100)
+local read = 0
 for _, w in ipairs(due) do
+  if read >= LEASE_READS then break end
   local soonest
-  for _, id in ipairs(held_ids(w)) do
+  local ids = held_ids(w)
+  read = read + #ids
+  for _, id in ipairs(ids) do
     local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', 'timeout_ms',
       'started_at', 'lease')
     if h[1] == 'running' and h[2] == w then

@@ -4,7 +4,7 @@
 -- being claimed are claimed now, and every task running on it is returned; the worker
 -- starts those it does not know.
 --
--- KEYS[1] set     the tasks the worker holds, P .. 'worker:' .. id .. ':tasks'
+-- KEYS[1] set     the worker's held tasks' tokens, P .. 'worker:' .. id .. ':tasks'
 -- ARGV[1] string  queue prefix P = "ballast:{queue}:"
 -- ARGV[2] string  worker id
 -- ARGV[3] int     the epoch register_worker gave this process
@@ -16,20 +16,22 @@
 local w = ARGV[2]
 if redis.call('HGET', worker_key(w), 'epoch') ~= ARGV[3] then return {} end
 local now = now_ms()
-local held, popped = held_ids(w), {}
-for _, id in ipairs(held) do
-  if redis.call('HGET', task_key(id), 'state') == 'assigned'
-    and not redis.call('LPOS', inbox_key(w), id) then
-    popped[#popped + 1] = id
-  end
+-- The held tokens tell assigned tasks from running ones without a read of each.
+local held, assigned = held_ids(w)
+local popped, out = {}, {}
+for i, id in ipairs(held) do
+  if assigned[i] and not redis.call('LPOS', inbox_key(w), id) then popped[#popped + 1] = id end
 end
-if #popped > 0 then claim(w, popped, #popped, now) end
-local out = {}
-for _, id in ipairs(held) do
-  local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', unpack(START_FIELDS))
-  if h[1] == 'running' and h[2] == w then
-    -- h[4 ..] are START_FIELDS: lease, then attempts (this attempt's number).
-    claimed_row(out, id, h, 4, h[3], h[4], h[5])
+-- What this claims (and anything it pops from the inbox in place of a task gone meanwhile)
+-- is appended to out.
+if #popped > 0 then claim(w, popped, #popped, now, out) end
+for i, id in ipairs(held) do
+  if not assigned[i] then
+    local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', unpack(START_FIELDS))
+    if h[1] == 'running' and h[2] == w then
+      -- h[4 ..] are START_FIELDS: lease, then attempts (this attempt's number).
+      claimed_row(out, id, h, 4, h[3], h[4], h[5])
+    end
   end
 end
 return out
