@@ -24,11 +24,7 @@ async fn a_dead_workers_tasks_go_to_the_living_without_using_attempts() {
     env.register(Q, "new", 2, &[]).await;
     env.age_heartbeat(Q, "old", 10_000).await;
 
-    let (dead, back) = env
-        .store
-        .recover_workers(Q, DEAD_AFTER)
-        .await
-        .expect("recover");
+    let (dead, back) = recover(&env).await;
     assert_eq!((dead, back), (1, 2));
 
     // The dead worker is gone from every key; both tasks are assigned to the living one.
@@ -78,11 +74,7 @@ async fn a_dead_workers_tasks_go_to_the_living_without_using_attempts() {
 
     // Idempotent: a second step finds nothing and changes nothing.
     let before = env.snapshot().await;
-    let again = env
-        .store
-        .recover_workers(Q, DEAD_AFTER)
-        .await
-        .expect("recover");
+    let again = recover(&env).await;
     assert_eq!(again, (0, 0));
     assert_eq!(env.snapshot().await, before);
 }
@@ -94,11 +86,7 @@ async fn a_recent_heartbeat_is_not_dead() {
     env.submit(task(Q, 1)).await;
     env.age_heartbeat(Q, "w", 2_400).await;
     let before = env.snapshot().await;
-    let r = env
-        .store
-        .recover_workers(Q, DEAD_AFTER)
-        .await
-        .expect("recover");
+    let r = recover(&env).await;
     assert_eq!(r, (0, 0));
     // Nothing changed but the sweep's pacing key.
     let mut after = env.snapshot().await;
@@ -150,10 +138,7 @@ async fn a_worker_declared_dead_is_fenced_out() {
     let stale = env.claim(Q, "paused", 1).await.remove(0);
     env.register(Q, "other", 1, &[]).await;
     env.age_heartbeat(Q, "paused", 10_000).await;
-    env.store
-        .recover_workers(Q, DEAD_AFTER)
-        .await
-        .expect("recover");
+    recover(&env).await;
     let fresh = env.claim(Q, "other", 1).await.remove(0);
     assert_eq!((fresh.id.as_str(), fresh.lease), (id.as_str(), 2));
 
@@ -253,6 +238,19 @@ async fn forget_worker(env: &mut Env, w: &str) {
     }
 }
 
+/// One recovery step with the tests' dead-after: {workers declared dead, tasks handed back}.
+async fn recover(env: &Env) -> (u64, u64) {
+    env.store
+        .recover_workers(Q, DEAD_AFTER)
+        .await
+        .expect("recover")
+}
+
+/// Scores worker `w`'s leases entry at `at` (ms), as if its earliest deadline were then.
+async fn due_at(env: &mut Env, w: &str, at: i64) {
+    let _: () = env.raw.zadd(qkey(Q, "leases"), w, at).await.expect("zadd");
+}
+
 /// Moves task `id`'s lease 10 s into the past (server clock), as if its worker hung: its
 /// start goes back by its timeout and 10 s, and its worker's leases entry with it.
 async fn expire_lease(env: &mut Env, id: &str) {
@@ -264,11 +262,7 @@ async fn expire_lease(env: &mut Env, id: &str) {
         .hset(qkey(Q, &format!("task:{id}")), "started_at", past - timeout)
         .await
         .expect("hset");
-    let _: () = env
-        .raw
-        .zadd(qkey(Q, "leases"), &h["worker"], past)
-        .await
-        .expect("zadd");
+    due_at(env, &h["worker"], past).await;
 }
 
 #[tokio::test]
@@ -276,13 +270,7 @@ async fn the_orphan_sweep_runs_once_per_dead_after_for_the_whole_queue() {
     let mut env = Env::start().await;
     env.register(Q, "lost", 1, &[]).await;
     // A first recovery step sweeps (nothing to find) and holds the sweep off for dead-after.
-    assert_eq!(
-        env.store
-            .recover_workers(Q, DEAD_AFTER)
-            .await
-            .expect("recover"),
-        (0, 0)
-    );
+    assert_eq!(recover(&env).await, (0, 0));
     let lock_ttl: i64 = redis::cmd("PTTL")
         .arg(qkey(Q, "sweep:lock"))
         .query_async(&mut env.raw)
@@ -297,22 +285,13 @@ async fn the_orphan_sweep_runs_once_per_dead_after_for_the_whole_queue() {
     forget_worker(&mut env, "lost").await;
     env.register(Q, "alive", 1, &[]).await;
     assert_eq!(
-        env.store
-            .recover_workers(Q, DEAD_AFTER)
-            .await
-            .expect("recover"),
+        recover(&env).await,
         (0, 0),
         "no sweep before the period ends"
     );
     // The period ends (the lock expires): the next step, by any worker, sweeps.
     let _: () = env.raw.del(qkey(Q, "sweep:lock")).await.expect("del");
-    assert_eq!(
-        env.store
-            .recover_workers(Q, DEAD_AFTER)
-            .await
-            .expect("recover"),
-        (0, 1)
-    );
+    assert_eq!(recover(&env).await, (0, 1));
     assert_eq!(env.task_hash(Q, &id).await["worker"], "alive");
     env.assert_sound(Q).await;
 }
@@ -340,11 +319,7 @@ async fn an_orphan_whose_worker_is_unknown_is_swept() {
     forget_worker(&mut env, "lost").await;
     env.register(Q, "alive", 1, &[]).await;
 
-    let r = env
-        .store
-        .recover_workers(Q, DEAD_AFTER)
-        .await
-        .expect("recover");
+    let r = recover(&env).await;
     assert_eq!(r, (0, 1));
     let t = env.task_hash(Q, &id).await;
     assert_eq!(
@@ -411,13 +386,7 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
     // The worker keeps heartbeating but never reports: move its lease 10 s into the past.
     expire_lease(&mut env, &id).await;
     assert!(env.beat(Q, "hung").await.is_some());
-    assert_eq!(
-        env.store
-            .recover_workers(Q, DEAD_AFTER)
-            .await
-            .expect("recover"),
-        (0, 1)
-    );
+    assert_eq!(recover(&env).await, (0, 1));
 
     // The attempt failed; the retry waits in scheduled, the worker's unit is free again.
     let t = env.task_record(Q, &id).await;
@@ -442,13 +411,7 @@ async fn an_expired_lease_fails_the_attempt_of_a_hung_worker() {
     env.store.promote_tasks(Q).await.expect("promote");
     env.claim(Q, "hung", 1).await;
     expire_lease(&mut env, &id).await;
-    assert_eq!(
-        env.store
-            .recover_workers(Q, DEAD_AFTER)
-            .await
-            .expect("recover"),
-        (0, 1)
-    );
+    assert_eq!(recover(&env).await, (0, 1));
     let t = env.task_record(Q, &id).await;
     assert_eq!(
         (t.state, t.attempts, t.history.len()),
@@ -478,20 +441,10 @@ async fn a_due_leases_entry_moves_to_the_soonest_deadline_left_then_goes() {
     env.report(Q, "w", a, &Outcome::Succeeded("1".into()), 0)
         .await;
     let past = env.now_ms().await - 10_000;
-    let _: () = env
-        .raw
-        .zadd(qkey(Q, "leases"), "w", past)
-        .await
-        .expect("zadd");
+    due_at(&mut env, "w", past).await;
     // Due: the long task's lease has not expired, so nothing is failed and the entry moves
     // to its deadline.
-    assert_eq!(
-        env.store
-            .recover_workers(Q, DEAD_AFTER)
-            .await
-            .expect("recover"),
-        (0, 0)
-    );
+    assert_eq!(recover(&env).await, (0, 0));
     assert_eq!(
         env.zscores(Q, "leases").await,
         vec![("w".to_string(), (started + 300_000) as f64)]
@@ -501,15 +454,8 @@ async fn a_due_leases_entry_moves_to_the_soonest_deadline_left_then_goes() {
     // Once nothing runs on the worker, a due entry goes.
     env.report(Q, "w", b, &Outcome::Succeeded("2".into()), 0)
         .await;
-    let _: () = env
-        .raw
-        .zadd(qkey(Q, "leases"), "w", past)
-        .await
-        .expect("zadd");
-    env.store
-        .recover_workers(Q, DEAD_AFTER)
-        .await
-        .expect("recover");
+    due_at(&mut env, "w", past).await;
+    recover(&env).await;
     assert!(env.zscores(Q, "leases").await.is_empty());
     assert_eq!(env.store.counts(Q).await.expect("counts").running, 0);
     env.assert_sound(Q).await;
@@ -528,16 +474,8 @@ async fn one_recovery_call_reads_the_held_tasks_of_about_a_thousand_leases() {
     // Both entries come due; no lease has expired.
     let past = env.now_ms().await - 10_000;
     for w in ["a", "b"] {
-        let _: () = env
-            .raw
-            .zadd(qkey(Q, "leases"), w, past)
-            .await
-            .expect("zadd");
+        due_at(&mut env, w, past).await;
     }
-    let recover = |env: &Env| {
-        let store = env.store.clone();
-        async move { store.recover_workers(Q, DEAD_AFTER).await.expect("recover") }
-    };
     // The first call reads a's thousand tasks and stops there: b stays due.
     assert_eq!(recover(&env).await, (0, 0));
     let b_due = env.zscores(Q, "leases").await;
@@ -571,10 +509,7 @@ async fn an_expired_lease_of_a_task_asked_to_stop_cancels_it() {
     env.store.cancel_task(Q, &id).await.expect("cancel");
     // The lease ran out long ago (more than dead-after) while the worker kept beating.
     expire_lease(&mut env, &id).await;
-    env.store
-        .recover_workers(Q, DEAD_AFTER)
-        .await
-        .expect("recover");
+    recover(&env).await;
     let t = env.task_record(Q, &id).await;
     assert_eq!(t.state, TaskState::Cancelled);
     assert!(

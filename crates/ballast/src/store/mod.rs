@@ -371,10 +371,26 @@ fn state_key(p: &str, state: TaskState) -> String {
     format!("{p}{state}")
 }
 
-/// Whether a state's index is a list in finish order (succeeded and cancelled tasks leave it
-/// oldest first only) rather than a sorted set.
-fn listed(state: TaskState) -> bool {
-    matches!(state, TaskState::Succeeded | TaskState::Cancelled)
+/// Whether the index named `name` (`P <name>`) is a list in finish order (succeeded and
+/// cancelled tasks leave it oldest first only) rather than a sorted set.
+fn listed(name: &str) -> bool {
+    matches!(name, "succeeded" | "cancelled")
+}
+
+/// The first `end + 1` ids of an index (`end` = -1: all), oldest or first placed first,
+/// whichever of the two kinds it is.
+async fn index_ids(
+    conn: &mut ConnectionManager,
+    p: &str,
+    name: &str,
+    end: isize,
+) -> Result<Vec<String>> {
+    let key = format!("{p}{name}");
+    Ok(if listed(name) {
+        conn.lrange(key, 0, end).await?
+    } else {
+        conn.zrange(key, 0, end).await?
+    })
 }
 
 /// The handle on Redis. Cheap to clone; clones share one multiplexed, reconnecting connection.
@@ -725,20 +741,15 @@ impl Store {
                 }
                 continue;
             }
-            let mut keys = vec![state_key(&p, s)];
+            let mut names = vec![s.as_str()];
             if s == TaskState::Pending {
-                keys.push(format!("{p}parked"));
+                names.push("parked");
             }
-            for k in keys {
+            for name in names {
                 if ids.len() >= limit {
                     break;
                 }
-                let got: Vec<String> = if listed(s) {
-                    conn.lrange(k, 0, end).await?
-                } else {
-                    conn.zrange(k, 0, end).await?
-                };
-                ids.extend(got);
+                ids.extend(index_ids(&mut conn, &p, name, end).await?);
             }
         }
         ids.truncate(limit);
@@ -796,16 +807,12 @@ impl Store {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         for s in TaskState::ALL {
-            if s == TaskState::Running {
+            match s {
                 // A count the functions keep: running tasks have no index.
-                pipe.cmd("GET").arg(format!("{p}running_count"));
-            } else {
-                if listed(s) {
-                    pipe.llen(state_key(&p, s));
-                } else {
-                    pipe.zcard(state_key(&p, s));
-                }
-            }
+                TaskState::Running => pipe.cmd("GET").arg(format!("{p}running_count")),
+                s if listed(s.as_str()) => pipe.llen(state_key(&p, s)),
+                s => pipe.zcard(state_key(&p, s)),
+            };
         }
         pipe.zcard(format!("{p}parked"));
         // Signed: a count the functions keep could only go below zero through a bug, which
@@ -1383,12 +1390,7 @@ impl Store {
             "cancelled",
         ];
         for name in indexes {
-            let ids: Vec<String> = if matches!(name, "succeeded" | "cancelled") {
-                conn.lrange(format!("{p}{name}"), 0, -1).await?
-            } else {
-                conn.zrange(format!("{p}{name}"), 0, -1).await?
-            };
-            for id in ids {
+            for id in index_ids(&mut conn, &p, name, -1).await? {
                 index_of.entry(id).or_default().push(name.to_string());
             }
         }

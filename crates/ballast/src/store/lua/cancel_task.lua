@@ -9,12 +9,11 @@
 -- A running task's id goes to its worker's P .. 'worker:' .. w .. ':cancel' set.
 -- Returns {"cancelled"} | {"requested", worker} | {"final", state} | {"unknown"}.
 
-local tk, id = KEYS[1], ARGV[2]
-local h = redis.call('HMGET', tk, 'state', 'worker')
-if not h[1] then return { 'unknown' } end
+local id = ARGV[2]
 local now = now_ms()
-local done = cancel(id, now)
-if done == 'final' then return { 'final', h[1] } end
-if done == 'requested' then return { 'requested', h[2] } end
+local done, state, w = cancel(id, now)
+if not state then return { 'unknown' } end
+if done == 'final' then return { 'final', state } end
+if done == 'requested' then return { 'requested', w } end
 place(now)
 return { 'cancelled' }

@@ -23,11 +23,9 @@ if phase == 'remove' then
 else
   redis.call('HSET', wk, 'state', 'draining')
   index_worker(w)
-  for _, id in ipairs(held_ids(w)) do
-    if redis.call('HGET', task_key(id), 'state') == 'assigned' then
-      requeue(id, w, now)
-      back = back + 1
-    end
+  local ids, assigned = held_ids(w)
+  for i, id in ipairs(ids) do
+    if assigned[i] and requeue(id, w, now) then back = back + 1 end
   end
 end
 place(now)

@@ -669,40 +669,33 @@ local function trim_finished(state, now, n)
   redis.call('DEL', unpack(keys))
 end
 
--- Move a task, already out of its previous index, to a final state (succeeded, failed or
--- cancelled; failed tasks are the dead letters) and tell waiters (one event per batch: the
--- ids, space-separated). `b`: a batch that takes its index entry and event (the caller
--- flushes it and trims with flush_settled()), or nil to write them now. `job`: the task's
--- {job, chunk} fields when the caller has read them (NO_JOB: none to tell).
-local function settle(id, state, field, body, now, b, job)
-  redis.call('HSET', task_key(id), 'state', state, 'finished_at', ts(now), field, body)
-  -- Dead letters leave one by one (retried or purged): a sorted set by time. Succeeded and
-  -- cancelled tasks leave oldest first only: a list in finish order, cheaper to append to.
-  if b then
-    if state == 'failed' then
-      later(b, 'zadd', key(state), ts(now), id)
-    else
-      later(b, 'rpush', key(state), id)
-      b.settled[state] = (b.settled[state] or 0) + 1
-    end
-    b.events[#b.events + 1] = id
-  else
-    if state == 'failed' then
-      redis.call('ZADD', key(state), ts(now), id)
-    else
-      redis.call('RPUSH', key(state), id)
-    end
-    redis.call('PUBLISH', key('events'), id)
-    if state ~= 'failed' then trim_finished(state, now, 1) end
-  end
-  job_task_settled(id, state, body, now, job)
-end
-
 -- Writes batch b, then trims the finished lists that its settled tasks grew.
 local function flush_settled(b, now)
   flush_batch(b)
   for settled, count in pairs(b.settled) do trim_finished(settled, now, count) end
   b.settled = {}
+end
+
+-- Move a task, already out of its previous index, to a final state (succeeded, failed or
+-- cancelled; failed tasks are the dead letters) and tell waiters (one event per batch: the
+-- ids, space-separated). `b`: a batch that takes its index entry and event (the caller
+-- flushes it and trims with flush_settled()), or nil for a batch of its own, written at
+-- once. `job`: the task's {job, chunk} fields when the caller has read them (NO_JOB: none
+-- to tell).
+local function settle(id, state, field, body, now, b, job)
+  redis.call('HSET', task_key(id), 'state', state, 'finished_at', ts(now), field, body)
+  local own = b or new_batch()
+  -- Dead letters leave one by one (retried or purged): a sorted set by time. Succeeded and
+  -- cancelled tasks leave oldest first only: a list in finish order, cheaper to append to.
+  if state == 'failed' then
+    later(own, 'zadd', key(state), ts(now), id)
+  else
+    later(own, 'rpush', key(state), id)
+    own.settled[state] = (own.settled[state] or 0) + 1
+  end
+  own.events[#own.events + 1] = id
+  if not b then flush_settled(own, now) end
+  job_task_settled(id, state, body, now, job)
 end
 
 -- Index scheduled task `id` to run at `at` (ms, text) and wake a promotion loop.
@@ -766,7 +759,7 @@ end
 -- Cancel a task that has not ended: at once when it has not started (the caller calls
 -- place() if it freed an assigned task's cost), by a request to its worker when it runs.
 -- `b` and `job` as settle() takes them. Returns "cancelled", "requested", or "final" when
--- it had already ended.
+-- it had already ended (or has no record), then the state and worker it found.
 local function cancel(id, now, b, job)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', 'lease')
@@ -774,7 +767,7 @@ local function cancel(id, now, b, job)
   if state == 'running' then
     redis.call('HSET', tk, 'cancel_requested', 1)
     redis.call('SADD', cancel_key(w), id)
-    return 'requested'
+    return 'requested', state, w
   end
   if state == 'pending' then
     redis.call('ZREM', key('pending'), id)
@@ -784,10 +777,10 @@ local function cancel(id, now, b, job)
   elseif state == 'assigned' then
     if unhold(id, w, state, h[3], h[4]) then index_worker(w) end
   else
-    return 'final'
+    return 'final', state, w
   end
   settle(id, 'cancelled', 'error', 'cancelled before it started', now, b, job)
-  return 'cancelled'
+  return 'cancelled', state, w
 end
 
 local function job_key(jid) return P .. 'job:' .. jid end

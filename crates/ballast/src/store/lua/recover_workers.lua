@@ -42,59 +42,63 @@ end
 -- The sweep is a safety net (release_worker hands every task of a dead worker back in one
 -- step): one step per dead-after for the whole queue is enough, whoever runs it, so most
 -- calls skip it and an idle queue's recovery costs a few reads.
+-- One bounded step of a ZSCAN over `index`, `visit` called with each member.
+local function sweep_step(index, visit)
+  local cursor_key = key('sweep:' .. index)
+  local cursor = redis.call('GET', cursor_key) or '0'
+  local step = redis.call('ZSCAN', key(index), cursor, 'COUNT', 100)
+  -- A finished scan leaves no cursor behind, so an idle step writes nothing.
+  if step[1] == '0' then redis.call('DEL', cursor_key) else redis.call('SET', cursor_key, step[1]) end
+  for i = 1, #step[2], 2 do visit(step[2][i]) end
+end
+
+local function registered(w) return redis.call('SISMEMBER', key('workers'), w) == 1 end
+
 if redis.call('SET', key('sweep:lock'), '1', 'NX', 'PX', math.max(dead_after, 1)) then
-  for _, index in ipairs({ 'assigned', 'leases' }) do
-    local cursor_key = key('sweep:' .. index)
-    local cursor = redis.call('GET', cursor_key) or '0'
-    local step = redis.call('ZSCAN', key(index), cursor, 'COUNT', 100)
-    -- A finished scan leaves no cursor behind, so an idle step writes nothing.
-    if step[1] == '0' then redis.call('DEL', cursor_key) else redis.call('SET', cursor_key, step[1]) end
-    for i = 1, #step[2], 2 do
-      local m = step[2][i]
-      if index == 'assigned' then
-        local w = redis.call('HGET', task_key(m), 'worker') or ''
-        if redis.call('SISMEMBER', key('workers'), w) == 0 and requeue(m, w, now) then
-          back = back + 1
-        end
-      elseif redis.call('SISMEMBER', key('workers'), m) == 0 then
-        for _, id in ipairs(held_ids(m)) do
-          if requeue(id, m, now) then back = back + 1 end
-        end
-        redis.call('DEL', held_key(m))
-        redis.call('ZREM', leases_key(), m)
-      end
+  sweep_step('assigned', function(id)
+    local w = redis.call('HGET', task_key(id), 'worker') or ''
+    if not registered(w) and requeue(id, w, now) then back = back + 1 end
+  end)
+  sweep_step('leases', function(w)
+    if registered(w) then return end
+    for _, id in ipairs(held_ids(w)) do
+      if requeue(id, w, now) then back = back + 1 end
     end
-  end
+    redis.call('DEL', held_key(w))
+    redis.call('ZREM', leases_key(), w)
+  end)
 end
 
 -- Workers whose earliest lease may have expired, each checked task by task. One call reads
 -- the held tasks of as many as fit in LEASE_READS (at least one worker); the others stay
 -- due for the next call.
 local LEASE_READS = 1000
+-- What an assigned task's fields would say here: it runs nowhere.
+local NOT_RUNNING = {}
 local due = redis.call('ZRANGEBYSCORE', leases_key(), '-inf', '(' .. fmt(limit), 'LIMIT', 0,
   100)
 local read = 0
 for _, w in ipairs(due) do
   if read >= LEASE_READS then break end
-  local soonest
-  local ids = held_ids(w)
+  -- Assigned tasks have no lease running: their tokens say so without a read.
+  local ids, assigned = held_ids(w)
   read = read + #ids
-  for _, id in ipairs(ids) do
-    local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', 'timeout_ms',
-      'started_at', 'lease')
-    if h[1] == 'running' and h[2] == w then
-      local deadline = tonumber(h[5]) + tonumber(h[4])
-      if deadline < limit then
-        if unhold(id, w, 'running', h[3], h[6]) then index_worker(w) end
-        local err = 'lease expired: no report ' .. h[4] .. ' ms after the start, plus ' ..
-          dead_after .. ' ms'
-        end_attempt(id, w, 'retry', err, now, now)
-        back = back + 1
-      elseif not soonest or deadline < soonest then
-        soonest = deadline
-      end
+  local soonest, freed = nil, false
+  for i, id in ipairs(ids) do
+    local h = assigned[i] and NOT_RUNNING or redis.call('HMGET', task_key(id), 'state', 'worker',
+      'cost', 'timeout_ms', 'started_at', 'lease')
+    local deadline = h[1] == 'running' and h[2] == w and tonumber(h[5]) + tonumber(h[4])
+    if deadline and deadline < limit then
+      freed = unhold(id, w, 'running', h[3], h[6]) or freed
+      local err = 'lease expired: no report ' .. h[4] .. ' ms after the start, plus ' ..
+        dead_after .. ' ms'
+      end_attempt(id, w, 'retry', err, now, now)
+      back = back + 1
+    elseif deadline and (not soonest or deadline < soonest) then
+      soonest = deadline
     end
   end
+  if freed then index_worker(w) end
   if soonest then
     redis.call('ZADD', leases_key(), fmt(soonest), w)
   else
