@@ -402,6 +402,8 @@ impl TaskRecord {
         }
         let json =
             |s: Option<String>| s.map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s)));
+        let spec_text = h.remove("spec").ok_or("task field spec missing")?;
+        let spec = crate::store::Spec::parse(&spec_text).ok_or("task field spec is malformed")?;
         let mut record = TaskRecord {
             state: h
                 .get("state")
@@ -413,7 +415,7 @@ impl TaskRecord {
             attempts: opt_int(&h, "attempts").unwrap_or(0),
             runs: opt_int(&h, "runs").unwrap_or(0),
             requeues: opt_int(&h, "requeues").unwrap_or(0),
-            max_attempts: int(&h, "max_attempts")?,
+            max_attempts: spec.max_attempts,
             timeout_ms: int(&h, "timeout_ms")?,
             lease: opt_int(&h, "lease").unwrap_or(0),
             submitted_at: int(&h, "submitted_at")?,
@@ -432,12 +434,12 @@ impl TaskRecord {
                 .map(|t| crate::store::split_tags(t))
                 .unwrap_or_default(),
             worker: h.remove("worker").filter(|w| !w.is_empty()),
-            payload: json(h.remove("payload")).unwrap_or(Value::Null),
+            payload: json(Some(spec.payload.to_string())).unwrap_or(Value::Null),
             result: json(h.remove("result")),
             error: h.remove("error"),
             id: id.to_string(),
             queue: queue.to_string(),
-            kind: h.remove("kind").ok_or("task field kind missing")?,
+            kind: spec.kind.to_string(),
         };
         // Redis keeps the attempts that did not succeed; the successful one is the record.
         if record.state == TaskState::Succeeded {
@@ -525,5 +527,26 @@ mod tests {
     fn ids_are_unique_and_increasing() {
         let ids: Vec<String> = (0..1000).map(|_| new_id()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_spec_reads_back_what_it_was_made_of() {
+        use crate::store::Spec;
+        // The payload may hold newlines and spaces; only the head is split.
+        let text = Spec::text(7, "resize.v2", "{\"a\": \"x\ny z\"}");
+        let s = Spec::parse(&text).expect("spec");
+        assert_eq!(
+            (s.max_attempts, s.kind, s.role, s.payload),
+            (7, "resize.v2", "", "{\"a\": \"x\ny z\"}")
+        );
+        // A reduce task's head carries its role (made in Redis, by lib.lua's spec_of()).
+        let s = Spec::parse("3 sum reduce\n{}").expect("reduce spec");
+        assert_eq!(
+            (s.max_attempts, s.kind, s.role, s.payload),
+            (3, "sum", "reduce", "{}")
+        );
+        for bad in ["3 sum", "x sum\n{}", "3\n{}", "3 sum reduce more\n{}"] {
+            assert!(Spec::parse(bad).is_none(), "{bad:?}");
+        }
     }
 }

@@ -60,7 +60,8 @@ async fn a_job_appears_whole_with_its_map_tasks() {
             (h["job"].as_str(), h["chunk"].as_str()),
             (jid.as_str(), i.to_string().as_str())
         );
-        assert_eq!(h["payload"], format!(r#"{{"n":{i}}}"#));
+        // max_attempts, kind, then the chunk's payload.
+        assert_eq!(h["spec"], format!("3 m\n{{\"n\":{i}}}"));
     }
     // The staged input was consumed.
     let staged: bool = env
@@ -169,12 +170,18 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
         .expect("results");
     assert_eq!(results, [r#"{"c":0}"#, r#"{"c":1}"#, r#"{"c":2}"#]);
     let r = env.task_hash(Q, &rid).await;
-    assert_eq!((r["role"].as_str(), r["kind"].as_str()), ("reduce", "r"));
+    let (head, payload) = r["spec"].split_once('\n').expect("spec");
     // The finish that made it also placed it: it waits in b's or c's inbox already.
     assert_eq!(r["state"], "assigned");
     let placed_on = r["worker"].clone();
     assert!(["b", "c"].contains(&placed_on.as_str()), "{placed_on}");
-    assert_eq!(r["payload"], format!(r#"{{"chunks":3,"job":"{jid}"}}"#));
+    assert_eq!(
+        (head, payload),
+        (
+            "3 r reduce",
+            format!(r#"{{"chunks":3,"job":"{jid}"}}"#).as_str()
+        )
+    );
     let tasks: Vec<String> = env
         .raw
         .lrange(format!("{p}job:{jid}:tasks"), 0, -1)

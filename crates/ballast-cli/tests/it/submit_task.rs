@@ -37,12 +37,11 @@ async fn stores_the_record_with_every_field() {
     assert_eq!(
         h,
         strmap(&[
-            ("kind", "resize"),
-            ("payload", r#"{"size":[640,480]}"#),
+            // max_attempts and kind, then the payload: one field the handler reads.
+            ("spec", "4 resize\n{\"size\":[640,480]}"),
             ("priority", "5"),
             ("cost", "3"),
             ("tags", "gpu,ssd"),
-            ("max_attempts", "4"),
             ("timeout_ms", "1500"),
             ("state", "pending"),
             ("order", &order),
@@ -90,10 +89,8 @@ async fn a_default_record_leaves_out_what_its_key_and_defaults_tell() {
     assert_eq!(
         fields,
         BTreeSet::from([
-            "kind",
-            "payload",
+            "spec",
             "cost",
-            "max_attempts",
             "timeout_ms",
             "state",
             "order",

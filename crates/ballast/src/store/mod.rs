@@ -102,41 +102,77 @@ pub struct ClaimedTask {
 }
 
 impl ClaimedTask {
-    fn from_row(row: Vec<String>) -> Result<Self> {
-        let [id, kind, payload, lease, cost, timeout_ms, max_attempts, attempt, role]: [String; 9] =
-            row.try_into()
-                .map_err(|r: Vec<String>| Error::Corrupt(format!("claim row {r:?}")))?;
-        let int = |s: String| {
-            s.parse::<i64>()
-                .map_err(|_| Error::Corrupt(format!("claimed task {id}: {s:?}")))
-        };
+    /// One claimed task from its row: running held token, spec, timeout_ms, attempt.
+    fn from_row(token: &str, spec: &str, timeout_ms: &str, attempt: &str) -> Result<Self> {
+        let corrupt = || Error::Corrupt(format!("claim row {token:?} {timeout_ms:?} {attempt:?}"));
+        let held = HeldToken::parse(token)
+            .filter(|h| !h.assigned)
+            .ok_or_else(corrupt)?;
+        let spec = Spec::parse(spec).ok_or_else(corrupt)?;
         Ok(ClaimedTask {
-            lease: int(lease)?,
-            cost: int(cost)?,
-            timeout_ms: int(timeout_ms)?,
-            max_attempts: int(max_attempts)?,
-            attempt: int(attempt)?,
-            role,
-            id,
-            kind,
-            payload,
+            id: held.id.to_string(),
+            kind: spec.kind.to_string(),
+            payload: spec.payload.to_string(),
+            lease: held.lease,
+            cost: held.cost,
+            timeout_ms: timeout_ms.parse().map_err(|_| corrupt())?,
+            max_attempts: spec.max_attempts,
+            attempt: attempt.parse().map_err(|_| corrupt())?,
+            role: spec.role.to_string(),
         })
     }
 
-    /// Claimed tasks from a function's flat reply: nine strings per task.
+    /// Claimed tasks from a function's flat reply: four strings per task.
     fn from_rows(flat: Vec<String>) -> Result<Vec<Self>> {
-        if flat.len() % 9 != 0 {
+        if flat.len() % 4 != 0 {
             return Err(Error::Corrupt(format!(
-                "a claim reply of {} strings is not nine per task",
+                "a claim reply of {} strings is not four per task",
                 flat.len()
             )));
         }
-        let mut out = Vec::with_capacity(flat.len() / 9);
-        let mut it = flat.into_iter();
-        while it.len() > 0 {
-            out.push(Self::from_row(it.by_ref().take(9).collect())?);
+        flat.chunks_exact(4)
+            .map(|r| Self::from_row(&r[0], &r[1], &r[2], &r[3]))
+            .collect()
+    }
+}
+
+/// A task's `spec` field: what it was submitted with that only its handler reads, written
+/// once as one string so that placement reads, and the worker receives, one field instead of
+/// four: `<max_attempts> <kind>[ <role>]`, a newline, then the payload. A kind is a name
+/// (no space or newline), so the first newline ends the head.
+pub(crate) struct Spec<'a> {
+    /// Attempts allowed.
+    pub max_attempts: i64,
+    /// Handler name.
+    pub kind: &'a str,
+    /// `reduce` for a job's reduce task, empty otherwise.
+    pub role: &'a str,
+    /// Payload, JSON text.
+    pub payload: &'a str,
+}
+
+impl<'a> Spec<'a> {
+    /// The field's text for a task submitted with these (no role: a user's task).
+    pub fn text(max_attempts: i64, kind: &str, payload: &str) -> String {
+        format!("{max_attempts} {kind}\n{payload}")
+    }
+
+    /// Reads the field; `None` when it is not in that shape.
+    pub fn parse(text: &'a str) -> Option<Self> {
+        let (head, payload) = text.split_once('\n')?;
+        let mut words = head.split(' ');
+        let max_attempts = words.next()?.parse().ok()?;
+        let kind = words.next()?;
+        let role = words.next().unwrap_or("");
+        if words.next().is_some() {
+            return None;
         }
-        Ok(out)
+        Some(Spec {
+            max_attempts,
+            kind,
+            role,
+            payload,
+        })
     }
 }
 
@@ -270,14 +306,13 @@ pub(crate) fn split_tags(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// What tasks of one shape share: everything but id and payload.
+/// What tasks of one shape share: everything but id and spec (kind, max attempts and
+/// payload, which go in the task's [`Spec`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Shape<'a> {
-    kind: &'a str,
     priority: i64,
     cost: i64,
     tags: &'a [String],
-    max_attempts: i64,
     timeout_ms: i64,
     delay_ms: i64,
     not_before_ms: i64,
@@ -286,24 +321,20 @@ struct Shape<'a> {
 impl<'a> Shape<'a> {
     fn of(spec: &'a TaskSpec, checked: &'a Checked) -> Self {
         Shape {
-            kind: &spec.kind,
             priority: spec.priority,
             cost: spec.cost,
             tags: &checked.tags,
-            max_attempts: spec.max_attempts,
             timeout_ms: spec.timeout_ms,
             delay_ms: spec.delay_ms,
             not_before_ms: spec.not_before_ms,
         }
     }
 
-    /// The shape's arguments after the kind (and, for submit_task, the payload), in the
-    /// order the submit functions take them.
-    fn rest_args(&self, call: &mut Call) {
+    /// The shape's arguments, in the order the submit functions take them.
+    fn args(&self, call: &mut Call) {
         call.arg(self.priority)
             .arg(self.cost)
             .arg(self.tags.join(","))
-            .arg(self.max_attempts)
             .arg(self.timeout_ms)
             .arg(self.delay_ms)
             .arg(self.not_before_ms);
@@ -576,8 +607,8 @@ impl Store {
         let mut call = self.call(&SUBMIT_TASK, format!("{p}task:{}", spec.id));
         call.preceded_by(Store::remember_queue(&spec.queue));
         call.arg(&p).arg(&spec.id);
-        call.arg(&spec.kind).arg(&checked.payload);
-        Shape::of(spec, checked).rest_args(&mut call);
+        call.arg(Spec::text(spec.max_attempts, &spec.kind, &checked.payload));
+        Shape::of(spec, checked).args(&mut call);
         let reply: Vec<String> = call.invoke_async(&mut conn).await?;
         placement(&reply)
     }
@@ -593,7 +624,7 @@ impl Store {
             let queue = &run[0].0.queue;
             let p = prefix(queue);
             for chunk in run.chunks(1000) {
-                // Each distinct shape (everything but id and payload) is sent once.
+                // Each distinct shape (everything but id and spec) is sent once.
                 let mut shapes: Vec<Shape> = Vec::new();
                 let mut index = HashMap::new();
                 let mut shape_of = Vec::with_capacity(chunk.len());
@@ -608,11 +639,12 @@ impl Store {
                 call.preceded_by(Store::remember_queue(queue));
                 call.arg(&p).arg(shapes.len());
                 for shape in &shapes {
-                    call.arg(shape.kind);
-                    shape.rest_args(&mut call);
+                    shape.args(&mut call);
                 }
                 for ((spec, checked), shape) in chunk.iter().zip(shape_of) {
-                    call.arg(&spec.id).arg(&checked.payload).arg(shape);
+                    call.arg(&spec.id)
+                        .arg(Spec::text(spec.max_attempts, &spec.kind, &checked.payload))
+                        .arg(shape);
                 }
                 // Each chunk is sent again on its own after a dropped connection: a chunk
                 // already stored is told where its tasks went, and no earlier chunk is sent

@@ -284,17 +284,26 @@ local function assign(id, w, lease, cost, now, b)
 end
 
 -- What a worker needs of a task to start it, read in one HMGET after other fields.
-local START_FIELDS = { 'lease', 'attempts', 'runs', 'timeout_ms', 'kind', 'payload',
-  'max_attempts', 'role' }
+local START_FIELDS = { 'lease', 'attempts', 'runs', 'timeout_ms', 'spec' }
 
--- Appends to `out` the record a worker gets for a task it starts: id, kind, payload, lease,
--- cost, timeout_ms, max_attempts, attempt, role. h[o] .. h[o + 7] are its START_FIELDS, and
--- cost, lease and attempt are text. The records go flat, nine strings each, in one list:
--- a table per task would cost more than the rest of its record.
-local function claimed_row(out, id, h, o, cost, lease, attempt)
+-- A task's `spec`: what it was submitted with that only its handler reads, in one field
+-- written once: "<max_attempts> <kind>[ <role>]" on the first line, the payload (JSON text)
+-- after it. The kind is a name ([A-Za-z0-9_.-]), so the first newline ends the head. One
+-- field instead of four is read, and handed to the worker, as one string: each field costs
+-- a little in every command that touches it and in the reply that carries it.
+local function spec_of(max_attempts, kind, role, payload)
+  if role then return max_attempts .. ' ' .. kind .. ' ' .. role .. '\n' .. payload end
+  return max_attempts .. ' ' .. kind .. '\n' .. payload
+end
+local function max_attempts_of(spec) return tonumber(string.match(spec, '^%d+')) end
+
+-- Appends to `out` the record a worker gets for a task it starts: its running held token
+-- (lease, cost and id), spec, timeout_ms and attempt. h[o] .. h[o + 4] are its START_FIELDS,
+-- and attempt is text. The records go flat, four strings each, in one list: a table per task
+-- would cost more than the rest of its record.
+local function claimed_row(out, token, h, o, attempt)
   local n = #out
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = id, h[o + 4], h[o + 5], lease, cost
-  out[n + 6], out[n + 7], out[n + 8], out[n + 9] = h[o + 3], h[o + 6], attempt, h[o + 7] or ''
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = token, h[o + 4], h[o + 3], attempt
 end
 
 -- Start task `id` on worker w: running under `lease` (text) until its deadline (start +
@@ -305,26 +314,26 @@ end
 local function start(tk, id, w, h, o, cost, lease, now, b, fresh, out)
   local attempt = str(num(h[o + 1] or '0') + 1)
   local runs = str(num(h[o + 2] or '0') + 1)
+  local token = held_token(id, lease, cost)
   if fresh then
     -- No assigned_at: it was never assigned apart from its start (readers take started_at).
     redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'started_at',
       ts(now), 'attempts', attempt, 'runs', runs)
     later(b, 'zrem', key('pending'), id)
-    later(b, 'sadd', held_key(w), held_token(id, lease, cost))
   else
     redis.call('HSET', tk, 'state', 'running', 'started_at', ts(now), 'attempts', attempt, 'runs',
       runs)
     later(b, 'zrem', key('assigned'), id)
     later(b, 'srem', held_key(w), held_token(id, lease, cost, true))
-    later(b, 'sadd', held_key(w), held_token(id, lease, cost))
   end
+  later(b, 'sadd', held_key(w), token)
   -- The lease: when the attempt must be over by (started_at + timeout_ms). The worker's own
   -- timer stops the handler first; recovery expires the lease if a hung worker never
   -- reports, and finds it through the worker's entry in the leases index.
   local due, soonest = now + num(h[o + 3]), b.soonest[w]
   if not soonest or due < soonest then b.soonest[w] = due end
   b.running = b.running + 1
-  claimed_row(out, id, h, o, cost, lease, attempt)
+  claimed_row(out, token, h, o, attempt)
 end
 
 -- Charge `cost` to worker w in Redis at once (its record and free indexes).
@@ -727,15 +736,13 @@ end
 -- `priority`, `attempts`, `lease` and `tags` are absent while zero or empty. Every field
 -- costs a little in each command that touches the record, and memory for as long as it is
 -- kept.
-local function new_task(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due,
-                        now, extra, b, seq)
+local function new_task(id, spec, priority, cost, tags, timeout_ms, due, now, extra, b, seq)
   local tk = task_key(id)
   seq = seq or redis.call('INCR', key('seq'))
   local order = fmt((1000 - num(priority)) * ORDER_SHIFT + seq)
   local state = due > now and 'scheduled' or 'pending'
-  redis.call('HSET', tk, 'kind', kind, 'payload', payload, 'cost', cost, 'max_attempts',
-    max_attempts, 'timeout_ms', timeout_ms, 'state', state, 'order', order, 'submitted_at',
-    ts(now))
+  redis.call('HSET', tk, 'spec', spec, 'cost', cost, 'timeout_ms', timeout_ms, 'state', state,
+    'order', order, 'submitted_at', ts(now))
   -- The fields most tasks go without, in one more command at most (a table for them would
   -- cost every task).
   local scheduled = state == 'scheduled'
@@ -841,8 +848,8 @@ job_task_settled = function(id, state, body, now, job)
   local r = redis.call('HMGET', jk, 'reduce_kind', 'priority', 'reduce_cost', 'tags',
     'max_attempts', 'timeout_ms')
   local rid = jid .. '-reduce'
-  new_task(rid, r[1], cjson.encode({ job = jid, chunks = total }), r[2], r[3], r[4],
-    r[5], r[6], now, now, { 'job', jid, 'role', 'reduce' })
+  new_task(rid, spec_of(r[5], r[1], 'reduce', cjson.encode({ job = jid, chunks = total })), r[2],
+    r[3], r[4], r[6], now, now, { 'job', jid })
   redis.call('HSET', jk, 'state', 'reducing', 'reduce_task', rid)
   redis.call('RPUSH', jk .. ':tasks', rid)
 end
@@ -855,8 +862,9 @@ end
 -- Returns whether the task was still held (and so taken off w). The caller calls place().
 local function requeue(id, w, now)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'max_attempts',
+  local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'spec',
     'cancel_requested', 'lease')
+  h[5] = h[5] and max_attempts_of(h[5])
   -- Only a task still held: one that ended meanwhile (a job that failed cancels its other
   -- tasks, including those this loop has yet to reach) stays as it is.
   if h[3] ~= 'assigned' and h[3] ~= 'running' then return false end
@@ -936,11 +944,11 @@ end
 -- it. `b` as settle() takes it.
 local function end_attempt(id, w, outcome, err, retry_at, now, b)
   local tk = task_key(id)
-  local r = redis.call('HMGET', tk, 'attempts', 'max_attempts', 'started_at', 'history',
+  local r = redis.call('HMGET', tk, 'attempts', 'spec', 'started_at', 'history',
     'cancel_requested')
   if r[5] and outcome == 'retry' then outcome = 'cancelled' end
   local attempts = tonumber(r[1])
-  if outcome == 'retry' and attempts >= tonumber(r[2]) then outcome = 'failed' end
+  if outcome == 'retry' and attempts >= max_attempts_of(r[2]) then outcome = 'failed' end
   append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(r[3]),
     finished_at = now, outcome = outcome, error = err }, r[4])
   if outcome == 'retry' then
@@ -1020,12 +1028,11 @@ end
 -- Store one submitted task (ARGV-style strings). Returns "exists" when the id is taken
 -- (nothing written; existing_placement() tells where it went), "scheduled" when its time is ahead, or nil and the task's order:
 -- pending, to be placed and then told with submitted_placements().
-local function submit_one(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms,
-                          delay, not_before, now, b, seq)
+local function submit_one(id, spec, priority, cost, tags, timeout_ms, delay, not_before, now, b,
+                          seq)
   if redis.call('EXISTS', task_key(id)) == 1 then return 'exists' end
   local due = math.max(now + num(delay), num(not_before))
-  local order = new_task(id, kind, payload, priority, cost, tags, max_attempts, timeout_ms, due,
-    now, nil, b, seq)
+  local order = new_task(id, spec, priority, cost, tags, timeout_ms, due, now, nil, b, seq)
   if due > now then return 'scheduled' end
   return nil, order
 end

@@ -30,7 +30,7 @@ for i, id in ipairs(held) do
     local h = redis.call('HMGET', task_key(id), 'state', 'worker', 'cost', unpack(START_FIELDS))
     if h[1] == 'running' and h[2] == w then
       -- h[4 ..] are START_FIELDS: lease, then attempts (this attempt's number).
-      claimed_row(out, id, h, 4, h[3], h[4], h[5])
+      claimed_row(out, held_token(id, h[4], h[3]), h, 4, h[5])
     end
   end
 end
