@@ -37,21 +37,28 @@ local w, epoch, claim_max = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 local b = new_batch()
 local others = 6 + 4 * tonumber(ARGV[5])
-local tokens = {}
-for i = 6, others - 1, 4 do tokens[#tokens + 1] = held_token(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
-for i = others, #ARGV, 6 do tokens[#tokens + 1] = held_token(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
-local recorded = held_among(w, tokens)
-local k = 0
+local tokens, k = {}, 0
+-- held_token(id, lease, cost), written out: this runs for every report.
+for i = 6, others - 1, 4 do
+  k = k + 1
+  tokens[k] = ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' ' .. ARGV[i]
+end
+for i = others, #ARGV, 6 do
+  k = k + 1
+  tokens[k] = ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' ' .. ARGV[i]
+end
+local recorded = take_held(w, tokens)
+k = 0
 for i = 6, others - 1, 4 do
   k = k + 1
   if recorded[k] == 1 then
-    finish_one(w, ARGV[i], ARGV[i + 2], tokens[k], 'succeeded', ARGV[i + 3], '0', now, b)
+    finish_one(w, ARGV[i], ARGV[i + 2], 'succeeded', ARGV[i + 3], '0', now, b)
   end
 end
 for i = others, #ARGV, 6 do
   k = k + 1
   if recorded[k] == 1 then
-    finish_one(w, ARGV[i], ARGV[i + 2], tokens[k], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], now, b)
+    finish_one(w, ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], now, b)
   end
 end
 finish_done(w, b, now)

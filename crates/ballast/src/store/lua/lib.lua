@@ -385,8 +385,10 @@ local function view_max_free(v)
     return top
   end
   local best = v.bound < 0 and 0 or math.floor(v.bound / SHIFT)
-  for _, w in ipairs(v.ws) do
-    if v.free[w] > best then best = v.free[w] end
+  local ws, free = v.ws, v.free
+  for i = 1, #ws do
+    local f = free[ws[i]]
+    if f > best then best = f end
   end
   return best
 end
@@ -396,9 +398,13 @@ end
 local function view_pick(v, cost, reserved, id)
   if not v.loaded then view_load(v) end
   local best, best_score = nil, -1
-  for _, w in ipairs(v.ws) do
-    if v.free[w] >= cost and usable(w, reserved, id) then
-      local s = v.free[w] * SHIFT + v.tie[w]
+  local ws, free, tie = v.ws, v.free, v.tie
+  -- A numeric loop and usable() written out: this runs for every untagged task placed.
+  for i = 1, #ws do
+    local w = ws[i]
+    local f, r = free[w], reserved[w]
+    if f >= cost and (r == nil or r == id) then
+      local s = f * SHIFT + tie[w]
       if s > best_score then best, best_score = w, s end
     end
   end
@@ -961,11 +967,10 @@ end
 -- Record how one attempt of task `id` (of `cost`, text) on worker w ended (see
 -- finish_tasks.lua for the outcomes; `delay`: the retry delay in ms, as text) and settle or
 -- reschedule it; its index changes and the cost it frees go to batch b. The caller has
--- checked that w holds `token` (held_among()), so the task runs there under the reported
+-- taken its token off w's held set (take_held()), so the task ran there under the reported
 -- lease. The caller ends with finish_done(), then places and claims, once for however many
 -- tasks it finishes.
-local function finish_one(w, id, cost, token, outcome, body, delay, now, b)
-  later(b, 'srem', held_key(w), token)
+local function finish_one(w, id, cost, outcome, body, delay, now, b)
   b.running = b.running - 1
   b.done[#b.done + 1] = id
   b.freed = b.freed + num(cost)
@@ -976,19 +981,26 @@ local function finish_one(w, id, cost, token, outcome, body, delay, now, b)
   end
 end
 
--- Which of `tokens` (running tasks' held_token()s) worker w holds: 1 or 0 each, in order,
--- in one SMISMEMBER per BATCH_ARGS. A token given twice counts once.
-local function held_among(w, tokens)
-  local out = {}
+-- Which of `tokens` (running tasks' held_token()s) worker w holds, 1 or 0 each in order,
+-- taking them off its held set: one SMISMEMBER and one SREM per BATCH_ARGS. A token given
+-- twice counts once; the SREMs' count tells whether any was, so a call without repeats
+-- (every call but a confused one) never looks for them.
+local function take_held(w, tokens)
+  local hk, out, removed = held_key(w), {}, 0
   for i = 1, #tokens, BATCH_ARGS do
-    local r = redis.call('SMISMEMBER', held_key(w),
-      unpack(tokens, i, math.min(i + BATCH_ARGS - 1, #tokens)))
-    for j = 1, #r do out[#out + 1] = r[j] end
+    local last = math.min(i + BATCH_ARGS - 1, #tokens)
+    local r = redis.call('SMISMEMBER', hk, unpack(tokens, i, last))
+    removed = removed + redis.call('SREM', hk, unpack(tokens, i, last))
+    if i == 1 then out = r else for j = 1, #r do out[#out + 1] = r[j] end end
   end
-  local seen = {}
-  for i, t in ipairs(tokens) do
-    if out[i] == 1 then
-      if seen[t] then out[i] = 0 else seen[t] = true end
+  local held = 0
+  for i = 1, #out do held = held + out[i] end
+  if held > removed then
+    local seen = {}
+    for i, t in ipairs(tokens) do
+      if out[i] == 1 then
+        if seen[t] then out[i] = 0 else seen[t] = true end
+      end
     end
   end
   return out
