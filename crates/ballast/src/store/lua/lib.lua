@@ -129,18 +129,24 @@ local BATCH_ARGS = 1000
 
 local function new_batch()
   return { zadd = {}, zrem = {}, sadd = {}, srem = {}, rpush = {}, order = {}, events = {},
-    settled = {}, done = {}, freed = 0, soonest = {}, running = 0 }
+    settled = {}, done = {}, freed = 0, soonest = {}, running = 0, finished = {} }
 end
 
--- Appends `v` (and `v2`: ZADD takes a score and a member) to the list b[kind][k],
--- remembering the order keys were first used in.
-local function later(b, kind, k, v, v2)
+-- The list b[kind][k], made (and the order keys were first used in remembered) when first
+-- asked for. A list left empty sends nothing.
+local function batch_list(b, kind, k)
   local t = b[kind][k]
   if not t then
     t = {}
     b[kind][k] = t
     b.order[#b.order + 1] = { kind, k }
   end
+  return t
+end
+
+-- Appends `v` (and `v2`: ZADD takes a score and a member) to the list b[kind][k].
+local function later(b, kind, k, v, v2)
+  local t = batch_list(b, kind, k)
   t[#t + 1] = v
   if v2 ~= nil then t[#t + 1] = v2 end
 end
@@ -156,7 +162,7 @@ local function flush_batch(b)
       redis.call(cmd, k, unpack(t, i, math.min(i + BATCH_ARGS - 1, #t)))
     end
   end
-  b.order, b.zadd, b.zrem, b.sadd, b.srem, b.rpush = {}, {}, {}, {}, {}, {}
+  b.order, b.zadd, b.zrem, b.sadd, b.srem, b.rpush, b.finished = {}, {}, {}, {}, {}, {}, {}
   -- LT: a worker's entry only ever moves earlier here; it is a bound, not the exact value.
   for w, d in pairs(b.soonest) do redis.call('ZADD', leases_key(), 'LT', fmt(d), w) end
   b.soonest = {}
@@ -283,7 +289,9 @@ local function assign(id, w, lease, cost, now, b)
   later(b, 'rpush', inbox_key(w), id)
 end
 
--- What a worker needs of a task to start it, read in one HMGET after other fields.
+-- What a worker needs of a task to start it, read in one HMGET after other fields. The
+-- placement and claim loops, which run for every task, write the list out (unpack() is a
+-- call of its own).
 local START_FIELDS = { 'lease', 'attempts', 'runs', 'timeout_ms', 'spec' }
 
 -- A task's `spec`: what it was submitted with that only its handler reads, in one field
@@ -306,27 +314,42 @@ local function claimed_row(out, token, h, o, attempt)
   out[n + 1], out[n + 2], out[n + 3], out[n + 4] = token, h[o + 4], h[o + 3], attempt
 end
 
+-- The lists of batch b that start() fills for worker w, found once per call rather than
+-- once per task: `from`, the index its tasks leave (pending when `fresh`, placed and started
+-- in one step with no inbox in between; else assigned); `held`, w's held set, gaining the
+-- running tokens; and for assigned tasks `unheld`, the same set losing their assigned tokens.
+local function start_lists(b, w, fresh)
+  local hk = held_key(w)
+  if fresh then
+    return { fresh = true, from = batch_list(b, 'zrem', key('pending')),
+      held = batch_list(b, 'sadd', hk) }
+  end
+  return { fresh = false, from = batch_list(b, 'zrem', key('assigned')),
+    held = batch_list(b, 'sadd', hk), unheld = batch_list(b, 'srem', hk) }
+end
+
 -- Start task `id` on worker w: running under `lease` (text) until its deadline (start +
--- timeout), which bounds w's entry in the leases index. h[o] .. h[o + 7] are its START_FIELDS. `fresh`: it comes
--- straight from pending (placed and started in one step, with no inbox in between); else it
--- was assigned to w. Index changes go to batch b; the record the worker gets is appended to
--- `out` (claimed_row()).
-local function start(tk, id, w, h, o, cost, lease, now, b, fresh, out)
+-- timeout), which bounds w's entry in the leases index. h[o] .. h[o + 4] are its
+-- START_FIELDS. Index changes go to batch b, through `lists` (start_lists(), which tells
+-- whether the task is fresh); the record the worker gets is appended to `out`
+-- (claimed_row()).
+local function start(tk, id, w, h, o, cost, lease, now, b, lists, out)
   local attempt = str(num(h[o + 1] or '0') + 1)
   local runs = str(num(h[o + 2] or '0') + 1)
-  local token = held_token(id, lease, cost)
-  if fresh then
+  local token = lease .. ' ' .. cost .. ' ' .. id
+  local from, held = lists.from, lists.held
+  from[#from + 1] = id
+  held[#held + 1] = token
+  if lists.fresh then
     -- No assigned_at: it was never assigned apart from its start (readers take started_at).
     redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'started_at',
       ts(now), 'attempts', attempt, 'runs', runs)
-    later(b, 'zrem', key('pending'), id)
   else
     redis.call('HSET', tk, 'state', 'running', 'started_at', ts(now), 'attempts', attempt, 'runs',
       runs)
-    later(b, 'zrem', key('assigned'), id)
-    later(b, 'srem', held_key(w), held_token(id, lease, cost, true))
+    local unheld = lists.unheld
+    unheld[#unheld + 1] = 'a' .. token
   end
-  later(b, 'sadd', held_key(w), token)
   -- The lease: when the attempt must be over by (started_at + timeout_ms). The worker's own
   -- timer stops the handler first; recovery expires the lease if a hung worker never
   -- reports, and finds it through the worker's entry in the leases index.
@@ -523,7 +546,7 @@ local function place(now, me, got)
   local b, v, ticks = new_batch(), view_new(top), tick_source()
   -- Shapes known blocked (no room now) or incapable (no accepting worker could ever run
   -- them: the capacity indexes do not change during a call, so that answer holds for it).
-  local placed, reserved, blocked, incapable = 0, {}, {}, {}
+  local placed, reserved, blocked, incapable, me_lists = 0, {}, {}, {}, nil
   local budget, seen, stepped = LOOKAHEAD, 0, 0
   local done = false
   while not done and budget > 0 and stepped < MAX_SCAN and view_max_free(v) > 0 do
@@ -539,7 +562,8 @@ local function place(now, me, got)
       -- the lease either way.
       local h
       if me and me.n < me.max then
-        h = redis.call('HMGET', tk, 'cost', 'tags', unpack(START_FIELDS))
+        h = redis.call('HMGET', tk, 'cost', 'tags', 'lease', 'attempts', 'runs', 'timeout_ms',
+          'spec')
       else
         h = redis.call('HMGET', tk, 'cost', 'tags', 'lease')
       end
@@ -563,7 +587,8 @@ local function place(now, me, got)
           if v.loaded then view_charge(v, w, cost, tick) else charge(w, cost, tick) end
           if me and w == me.w and me.n < me.max then
             local lease = num(h[3] or '0') + 1
-            start(tk, id, w, h, 3, h[1], str(lease), now, b, true, me.out)
+            if not me_lists then me_lists = start_lists(b, w, true) end
+            start(tk, id, w, h, 3, h[1], str(lease), now, b, me_lists, me.out)
             me.n = me.n + 1
           else
             assign(id, w, num(h[3] or '0') + 1, h[1], now, b)
@@ -705,7 +730,13 @@ local function settle(id, state, field, body, now, b, job)
   if state == 'failed' then
     later(own, 'zadd', key(state), ts(now), id)
   else
-    later(own, 'rpush', key(state), id)
+    -- The list's batch list, found once per batch: this runs for every task that succeeds.
+    local t = own.finished[state]
+    if not t then
+      t = batch_list(own, 'rpush', key(state))
+      own.finished[state] = t
+    end
+    t[#t + 1] = id
     own.settled[state] = (own.settled[state] or 0) + 1
   end
   own.events[#own.events + 1] = id
@@ -922,14 +953,16 @@ end
 -- returns it.
 local function claim(w, given, max, now, out)
   local b, n = new_batch(), 0
+  local lists = start_lists(b, w, false)
   out = out or {}
   local ids = given
   while true do
     for _, id in ipairs(ids) do
       local tk = task_key(id)
-      local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', unpack(START_FIELDS))
+      local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', 'lease', 'attempts', 'runs',
+        'timeout_ms', 'spec')
       if h[1] == 'assigned' and h[2] == w then
-        start(tk, id, w, h, 4, h[3], h[4], now, b, false, out)
+        start(tk, id, w, h, 4, h[3], h[4], now, b, lists, out)
         n = n + 1
       end
     end
