@@ -303,7 +303,12 @@ local function spec_of(max_attempts, kind, role, payload)
   if role then return max_attempts .. ' ' .. kind .. ' ' .. role .. '\n' .. payload end
   return max_attempts .. ' ' .. kind .. '\n' .. payload
 end
-local function max_attempts_of(spec) return tonumber(string.match(spec, '^%d+')) end
+-- The attempts a task allows, from its spec. A record without one (written by a version
+-- before spec, which this one does not serve) allows one: it fails instead of breaking the
+-- call, which has already taken its reports' tokens off the worker.
+local function max_attempts_of(spec)
+  return spec and tonumber(string.match(spec, '^%d+')) or 1
+end
 
 -- Appends to `out` the record a worker gets for a task it starts: its running held token
 -- (lease, cost and id), spec, timeout_ms and attempt. h[o] .. h[o + 4] are its START_FIELDS,
@@ -558,7 +563,7 @@ local function place(now, me, got)
       local id = ids[i]
       local tk = task_key(id)
       seen = seen + 1
-      -- The start fields (payload included) only while `me` may still start a task; h[3] is
+      -- The start fields (spec included) only while `me` may still start a task; h[3] is
       -- the lease either way.
       local h
       if me and me.n < me.max then
