@@ -122,9 +122,9 @@ pub struct RetentionArgs {
     #[arg(long)]
     queue: String,
     /// Succeeded (and cancelled) tasks to keep.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = ballast::store::RETAIN_COUNT)]
     keep: u64,
-    /// How long to keep them.
+    /// How long to keep them (the default is a week).
     #[arg(long, default_value = "7days", value_parser = parse_duration)]
     age: Duration,
 }

@@ -166,9 +166,10 @@ impl Client {
     ) -> Result<bool> {
         let mut events: Option<redis::aio::PubSub> = None;
         let (mut read_at, mut subscribe_at) = (Instant::now(), Instant::now());
-        // When the last read ended: one that ended before the deadline is repeated at it,
-        // since the event that would have ended the wait may have been lost.
-        let mut last_read = None;
+        // When the last read ended (the first pass always reads): one that ended before the
+        // deadline is repeated at it, since the event that would have ended the wait may
+        // have been lost.
+        let mut last_read = Instant::now();
         loop {
             // Subscribed before reading, so no event slips between the two; after a
             // subscription is made again, read again (events went by meanwhile).
@@ -195,10 +196,10 @@ impl Client {
                     }
                     Err(e) => return Err(e),
                 }
-                last_read = Some(Instant::now());
+                last_read = Instant::now();
             }
             if Instant::now() >= deadline {
-                if last_read.is_some_and(|at| at < deadline) {
+                if last_read < deadline {
                     return match waited.read(&self.store, queue).await {
                         Err(Error::Redis(_)) => Ok(false),
                         other => other,

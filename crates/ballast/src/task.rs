@@ -434,7 +434,8 @@ impl TaskRecord {
                 .map(|t| crate::store::split_tags(t))
                 .unwrap_or_default(),
             worker: h.remove("worker").filter(|w| !w.is_empty()),
-            payload: json(Some(spec.payload.to_string())).unwrap_or(Value::Null),
+            payload: serde_json::from_str(spec.payload)
+                .unwrap_or_else(|_| Value::String(spec.payload.to_string())),
             result: json(h.remove("result")),
             error: h.remove("error"),
             id: id.to_string(),

@@ -907,7 +907,11 @@ impl Runner {
         }
         // Taken on every path, so that a request arriving as the handler ends is not left
         // to mark a later run of the same task.
-        let asked = crate::lock(&self.cancelled).remove(&(task.id.clone(), task.lease));
+        let asked = {
+            let mut cancelled = crate::lock(&self.cancelled);
+            // Seldom anything in it: the key is not built for every task.
+            !cancelled.is_empty() && cancelled.remove(&(task.id.clone(), task.lease))
+        };
         let retry = |error: String| Outcome::Retry {
             error,
             delay: self.config.backoff(task.attempt),

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use ballast::store::{RETAIN_AGE, RETAIN_COUNT};
 use ballast::{Client, TaskSpec, TaskState};
 use serde_json::{json, Value};
 
@@ -12,10 +13,6 @@ use super::{
     BenchArgs, COST_COLUMNS,
 };
 use crate::CliError;
-
-/// The retention a drain queue gets: at least the default count, for the default week.
-const RETAIN_AT_LEAST: u64 = 100_000;
-const RETAIN_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     let sweep: Vec<usize> = if !a.capacities.is_empty() {
@@ -27,14 +24,14 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     };
     // Every task is kept until counted, however many there are (retention would drop
     // the oldest past its count).
-    let keep = u64::try_from(a.n).unwrap_or(u64::MAX).max(RETAIN_AT_LEAST);
+    let keep = u64::try_from(a.n).unwrap_or(u64::MAX).max(RETAIN_COUNT);
     let mut rows = Vec::new();
     let (mut best, mut pending_bytes, mut finished_bytes) = (0.0f64, 0.0, 0.0);
     let (mut pending_record, mut finished_record) = (0.0, 0.0);
     for &capacity in &sweep {
         let b = Bench::new(url).await?;
         let queue = b.queue(&format!("drain-{capacity}"));
-        b.store.set_retention(&queue, keep, RETAIN_FOR).await?;
+        b.store.set_retention(&queue, keep, RETAIN_AGE).await?;
         let client = Client::new(b.store.clone());
         let specs: Vec<TaskSpec> = (0..a.n)
             .map(|i| TaskSpec::new(&queue, "noop").payload(payload(i)))

@@ -355,12 +355,7 @@ async fn a_wrong_cost_is_refused_and_a_report_given_twice_counts_once() {
     );
     assert_eq!(env.snapshot().await, before);
     // Twice in one call: the first is recorded, the second is stale and frees nothing.
-    let epoch = env.epoch(Q, "w").await;
-    let (recorded, _) = env
-        .store
-        .finish_tasks(Q, "w", epoch, &[(&t, &ok), (&t, &ok)], 0)
-        .await
-        .expect("finish");
+    let (recorded, _) = env.report_many(Q, "w", &[(&t, &ok), (&t, &ok)], 0).await;
     assert_eq!(recorded, vec![true, false]);
     assert_eq!(env.worker_int(Q, "w", "assigned").await, 0);
     assert_eq!(env.worker_int(Q, "w", "finished").await, 1);

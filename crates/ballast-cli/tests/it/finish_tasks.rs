@@ -27,16 +27,13 @@ async fn outcomes_are_recorded_together_and_a_stale_one_is_skipped() {
     let ok = Outcome::Succeeded(r#"{"ok":1}"#.into());
     let fail = Outcome::Failed("no".into());
     let (recorded, next) = env
-        .store
-        .finish_tasks(
+        .report_many(
             Q,
             "w",
-            env.epoch(Q, "w").await,
             &[(&running[0], &ok), (&running[1], &fail), (&stale, &ok)],
             3,
         )
-        .await
-        .expect("finish");
+        .await;
     assert_eq!(recorded, vec![true, true, false]);
     // Two units freed: the fourth task was placed and claimed in the same call.
     assert_eq!(

@@ -360,6 +360,21 @@ impl Env {
             .expect("finish")
     }
 
+    /// Reports several outcomes of worker `w` in one call under its current epoch, claiming
+    /// up to `claim_max` next tasks; returns which were recorded and the claimed tasks.
+    pub async fn report_many(
+        &self,
+        queue: &str,
+        w: &str,
+        reports: &[(&ClaimedTask, &Outcome)],
+        claim_max: usize,
+    ) -> (Vec<bool>, Vec<ClaimedTask>) {
+        self.store
+            .finish_tasks(queue, w, self.epoch(queue, w).await, reports, claim_max)
+            .await
+            .expect("finish")
+    }
+
     /// Finishes a claimed task successfully with result `null`, claiming up to `claim_max`
     /// next tasks; panics unless it was recorded. Returns the newly claimed tasks.
     pub async fn finish(

@@ -438,8 +438,7 @@ async fn a_due_leases_entry_moves_to_the_soonest_deadline_left_then_goes() {
         (&claimed[1], &claimed[0])
     };
     // The short task ends in time; the worker's entry still says its deadline (a bound).
-    env.report(Q, "w", a, &Outcome::Succeeded("1".into()), 0)
-        .await;
+    env.finish(Q, "w", a, 0).await;
     let past = env.now_ms().await - 10_000;
     due_at(&mut env, "w", past).await;
     // Due: the long task's lease has not expired, so nothing is failed and the entry moves
@@ -452,8 +451,7 @@ async fn a_due_leases_entry_moves_to_the_soonest_deadline_left_then_goes() {
     assert_eq!(env.running(Q).await, vec![long.clone()]);
     env.assert_sound(Q).await;
     // Once nothing runs on the worker, a due entry goes.
-    env.report(Q, "w", b, &Outcome::Succeeded("2".into()), 0)
-        .await;
+    env.finish(Q, "w", b, 0).await;
     due_at(&mut env, "w", past).await;
     recover(&env).await;
     assert!(env.zscores(Q, "leases").await.is_empty());

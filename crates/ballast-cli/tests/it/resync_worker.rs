@@ -21,11 +21,7 @@ async fn tasks_started_by_a_lost_finish_reply_are_handed_over_again() {
     let ok = Outcome::Succeeded("1".into());
     let reports: Vec<_> = running.iter().map(|t| (t, &ok)).collect();
     // The call runs, but its reply (the next two tasks, now running here) never arrives.
-    let (_, lost) = env
-        .store
-        .finish_tasks(Q, "w", env.epoch(Q, "w").await, &reports, 2)
-        .await
-        .expect("finish");
+    let (_, lost) = env.report_many(Q, "w", &reports, 2).await;
     assert_eq!(lost.len(), 2);
 
     let epoch = env.epoch(Q, "w").await;

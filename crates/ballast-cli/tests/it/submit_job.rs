@@ -268,16 +268,8 @@ async fn a_job_ended_by_one_report_of_a_batch_settles_the_others_of_that_batch()
     };
     let ok = Outcome::Succeeded("1".into());
     let (recorded, next) = env
-        .store
-        .finish_tasks(
-            Q,
-            "w",
-            env.epoch(Q, "w").await,
-            &[(&r[0], &fail), (&r[1], &retry), (&r[2], &ok)],
-            3,
-        )
-        .await
-        .expect("finish");
+        .report_many(Q, "w", &[(&r[0], &fail), (&r[1], &retry), (&r[2], &ok)], 3)
+        .await;
     assert_eq!((recorded, next), (vec![true; 3], vec![]));
     let states = env.store.job_task_states(Q, &jid).await.expect("states");
     let by: Vec<TaskState> = states.iter().map(|(_, s)| *s).collect();

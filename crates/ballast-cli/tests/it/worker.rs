@@ -188,11 +188,9 @@ async fn heartbeats_advance_on_the_redis_clock() {
     wait_registered(&env, "w").await;
     let first = env.store.workers("q").await.expect("workers")[0].heartbeat_at;
     let store = &env.store;
-    eventually(
-        "a later heartbeat is recorded",
-        Duration::from_secs(10),
-        || async move { store.workers("q").await.expect("workers")[0].heartbeat_at > first },
-    )
+    eventually("a later heartbeat is recorded", WAIT, || async move {
+        store.workers("q").await.expect("workers")[0].heartbeat_at > first
+    })
     .await;
     stop_worker(stop, run).await;
 }
@@ -611,13 +609,27 @@ async fn a_worker_shuts_down_without_redis_and_its_task_is_not_lost() {
         grace_period: Duration::from_millis(500),
         ..FAST
     };
-    let (stop, run) = spawn(worker(&env.store, "w", 1).config(config));
-    let nap = TaskSpec::new("q", "nap").payload(json!(300));
+    // The handler ends only once Redis is gone, so its report cannot get through first.
+    let release = Arc::new(Notify::new());
+    let r = Arc::clone(&release);
+    let w = worker(&env.store, "w", 1).config(config).handle(
+        "gate",
+        move |_: TaskContext, _: Value| {
+            let r = Arc::clone(&r);
+            async move {
+                r.notified().await;
+                Ok::<_, TaskError>("done")
+            }
+        },
+    );
+    let (stop, run) = spawn(w);
+    let nap = TaskSpec::new("q", "gate");
     env.client.submit(&nap).await.expect("submit");
     wait_running(&env, &nap.id).await;
     // Redis goes away for good while the task runs; then the worker is told to stop. It
     // can neither report nor leave, and must still end once its grace period is over.
     env.stop_redis();
+    release.notify_one();
     stop.send(()).expect("stop");
     tokio::time::timeout(WAIT, run)
         .await

@@ -84,8 +84,8 @@ pub(crate) enum Build {
     Bench,
 }
 
-static LIBRARY: LazyLock<Library> = LazyLock::new(|| Library::build(false));
-static BENCH_LIBRARY: LazyLock<Library> = LazyLock::new(|| Library::build(true));
+static LIBRARY: LazyLock<Library> = LazyLock::new(|| Library::build(Build::Production));
+static BENCH_LIBRARY: LazyLock<Library> = LazyLock::new(|| Library::build(Build::Bench));
 
 impl Build {
     fn library(self) -> &'static Library {
@@ -97,8 +97,9 @@ impl Build {
 }
 
 impl Library {
-    /// The library's text and names; `bench` sets lib.lua's BENCH.
-    fn build(bench: bool) -> Library {
+    /// The library's text and names; the bench build sets lib.lua's BENCH.
+    fn build(build: Build) -> Library {
+        let bench = build == Build::Bench;
         let mut code = format!("#!lua name={NAME}\nlocal BENCH = {bench}\n{LIB}\n");
         for f in ALL {
             // A body sees the call's keys and arguments as KEYS and ARGV, as a script

@@ -402,6 +402,17 @@ fn state_key(p: &str, state: TaskState) -> String {
     format!("{p}{state}")
 }
 
+/// How many succeeded (and cancelled) tasks a queue keeps until [`Store::set_retention`]
+/// says otherwise (lib.lua's RETAIN_COUNT).
+pub const RETAIN_COUNT: u64 = 100_000;
+/// How long a queue keeps them by default (lib.lua's RETAIN_MS).
+pub const RETAIN_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The count of running tasks the functions keep (running tasks have no index).
+fn running_count_key(p: &str) -> String {
+    format!("{p}running_count")
+}
+
 /// Whether the index named `name` (`P <name>`) is a list in finish order (succeeded and
 /// cancelled tasks leave it oldest first only) rather than a sorted set.
 fn listed(name: &str) -> bool {
@@ -481,8 +492,8 @@ impl Store {
     }
 
     /// How many succeeded (and, separately, cancelled) tasks the queue keeps and for how
-    /// long; older ones are deleted a few at a time as new tasks finish. Defaults: 100,000
-    /// and 7 days. Dead letters are kept until retried or purged.
+    /// long; older ones are deleted a few at a time as new tasks finish. Defaults:
+    /// [`RETAIN_COUNT`] and [`RETAIN_AGE`]. Dead letters are kept until retried or purged.
     pub async fn set_retention(&self, queue: &str, count: u64, age: Duration) -> Result<()> {
         let mut conn = self.conn.clone();
         conn.hset_multiple::<_, _, _, ()>(
@@ -800,9 +811,14 @@ impl Store {
     async fn running_ids(&self, p: &str, limit: usize) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
         let workers: Vec<String> = conn.smembers(format!("{p}workers")).await?;
+        // Every worker's held set in one round trip.
+        let mut pipe = redis::pipe();
+        for w in &workers {
+            pipe.smembers(format!("{p}worker:{w}:tasks"));
+        }
+        let held_sets: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
         let mut running: Vec<(i64, String)> = Vec::new();
-        for w in workers {
-            let tokens: Vec<String> = conn.smembers(format!("{p}worker:{w}:tasks")).await?;
+        for tokens in held_sets {
             let held: Vec<&str> = tokens
                 .iter()
                 .filter_map(|t| HeldToken::parse(t))
@@ -841,7 +857,7 @@ impl Store {
         for s in TaskState::ALL {
             match s {
                 // A count the functions keep: running tasks have no index.
-                TaskState::Running => pipe.cmd("GET").arg(format!("{p}running_count")),
+                TaskState::Running => pipe.cmd("GET").arg(running_count_key(&p)),
                 s if listed(s.as_str()) => pipe.llen(state_key(&p, s)),
                 s => pipe.zcard(state_key(&p, s)),
             };
@@ -1460,7 +1476,7 @@ impl Store {
             .values()
             .filter(|t| t.state == TaskState::Running)
             .count();
-        let count: Option<i64> = conn.get(format!("{p}running_count")).await?;
+        let count: Option<i64> = conn.get(running_count_key(&p)).await?;
         if usize::try_from(count.unwrap_or(0)).ok() != Some(running) {
             bad.push(format!(
                 "running count {count:?}, but {running} records say running"

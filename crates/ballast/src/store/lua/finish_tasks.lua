@@ -23,15 +23,13 @@
 -- Outcomes are fenced by their leases alone: a result is as good from a process declared
 -- dead as from any other, as long as its task was not taken back. The fence is the worker's
 -- held set: it holds the token of each run (lease, cost and id), so one SMISMEMBER answers
--- for every report of the call. Claiming is fenced by the
--- epoch too: a process whose epoch is no longer the worker's (declared dead, perhaps
--- replaced by a new process under the same id) claims nothing, or it would start the new
--- incarnation's tasks.
+-- for every report of the call. Claiming is fenced by the epoch too: a process whose epoch
+-- is no longer the worker's (declared dead, perhaps replaced by a new process under the same
+-- id) claims nothing, or it would start the new incarnation's tasks.
 --
 -- Returns {recorded, claimed}: recorded[i] is 1, or 0 when the i-th report (successes
 -- first) was stale (taken back, nothing written for it) or repeated a report before it in
--- the call; claimed has the shape
--- claim_tasks.lua returns.
+-- the call; claimed has the shape claim_tasks.lua returns.
 
 local w, epoch, claim_max = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()

@@ -341,6 +341,8 @@ end
 local function start(tk, id, w, h, o, cost, lease, now, b, lists, out)
   local attempt = str(num(h[o + 1] or '0') + 1)
   local runs = str(num(h[o + 2] or '0') + 1)
+  -- held_token(id, lease, cost), and with 'a' the assigned one, written out: this runs for
+  -- every task started.
   local token = lease .. ' ' .. cost .. ' ' .. id
   local from, held = lists.from, lists.held
   from[#from + 1] = id
@@ -590,13 +592,13 @@ local function place(now, me, got)
         if w then
           local tick = next_tick(ticks)
           if v.loaded then view_charge(v, w, cost, tick) else charge(w, cost, tick) end
+          local lease = num(h[3] or '0') + 1
           if me and w == me.w and me.n < me.max then
-            local lease = num(h[3] or '0') + 1
             if not me_lists then me_lists = start_lists(b, w, true) end
             start(tk, id, w, h, 3, h[1], str(lease), now, b, me_lists, me.out)
             me.n = me.n + 1
           else
-            assign(id, w, num(h[3] or '0') + 1, h[1], now, b)
+            assign(id, w, lease, h[1], now, b)
           end
           if got then got[id] = w end
           placed = placed + 1
@@ -680,11 +682,12 @@ end
 
 -- Defined below: what a job does when one of its tasks ends.
 local job_task_settled
--- A task's {job, chunk} when it belongs to no job.
+-- Passed for `job` by a caller whose tasks' job has ended: settling them tells it nothing.
 local NO_JOB = {}
 
--- Default retention of succeeded and cancelled tasks; P .. 'retention' (fields `count` and
--- `ms`) overrides it per queue. Dead letters (failed) are kept until retried or purged.
+-- Default retention of succeeded and cancelled tasks (store/mod.rs's RETAIN_COUNT and
+-- RETAIN_AGE say the same); P .. 'retention' (fields `count` and `ms`) overrides it per
+-- queue. Dead letters (failed) are kept until retried or purged.
 local RETAIN_COUNT = 100000
 local RETAIN_MS = 7 * 24 * 3600 * 1000
 
@@ -725,8 +728,7 @@ end
 -- cancelled; failed tasks are the dead letters) and tell waiters (one event per batch: the
 -- ids, space-separated). `b`: a batch that takes its index entry and event (the caller
 -- flushes it and trims with flush_settled()), or nil for a batch of its own, written at
--- once. `job`: the task's {job, chunk} fields when the caller has read them (NO_JOB: none
--- to tell).
+-- once. `job`: NO_JOB when the task's job is known to have ended (nothing to tell it).
 local function settle(id, state, field, body, now, b, job)
   redis.call('HSET', task_key(id), 'state', state, 'finished_at', ts(now), field, body)
   local own = b or new_batch()
@@ -756,17 +758,12 @@ local function wake_at(id, at)
   redis.call('LTRIM', key('wake'), 0, 0)
 end
 
--- Make task `id` scheduled, to run at `due` (ms; `err`, when given, is the error the retry
--- follows), and wake a promotion loop: they wait on P .. 'wake' (a blocking pop)
--- rather than poll, so a task scheduled while they sleep is not missed. The list holds one
--- element at most.
-local function schedule(id, due, err)
+-- Make task `id` scheduled for a retry at `due` (ms) after error `err`, and wake a promotion
+-- loop: they wait on P .. 'wake' (a blocking pop) rather than poll, so a task scheduled
+-- while they sleep is not missed. The list holds one element at most.
+local function schedule_retry(id, due, err)
   local at = fmt(due)
-  if err then
-    redis.call('HSET', task_key(id), 'state', 'scheduled', 'run_at', at, 'error', err)
-  else
-    redis.call('HSET', task_key(id), 'state', 'scheduled', 'run_at', at)
-  end
+  redis.call('HSET', task_key(id), 'state', 'scheduled', 'run_at', at, 'error', err)
   wake_at(id, at)
 end
 
@@ -782,21 +779,22 @@ local function new_task(id, spec, priority, cost, tags, timeout_ms, due, now, ex
   local tk = task_key(id)
   seq = seq or redis.call('INCR', key('seq'))
   local order = fmt((1000 - num(priority)) * ORDER_SHIFT + seq)
-  local state = due > now and 'scheduled' or 'pending'
+  local state, at = 'pending', nil
+  if due > now then state, at = 'scheduled', fmt(due) end
   redis.call('HSET', tk, 'spec', spec, 'cost', cost, 'timeout_ms', timeout_ms, 'state', state,
     'order', order, 'submitted_at', ts(now))
   -- The fields most tasks go without, in one more command at most (a table for them would
   -- cost every task).
-  local scheduled = state == 'scheduled'
-  if priority ~= '0' or tags ~= '' or scheduled or (extra and #extra > 0) then
-    local f = extra and { unpack(extra) } or {}
+  if priority ~= '0' or tags ~= '' or at or (extra and #extra > 0) then
+    -- `extra` is made afresh by every caller, so it takes the other fields too.
+    local f = extra or {}
     if priority ~= '0' then f[#f + 1], f[#f + 2] = 'priority', priority end
     if tags ~= '' then f[#f + 1], f[#f + 2] = 'tags', tags end
-    if scheduled then f[#f + 1], f[#f + 2] = 'run_at', fmt(due) end
+    if at then f[#f + 1], f[#f + 2] = 'run_at', at end
     redis.call('HSET', tk, unpack(f))
   end
-  if scheduled then
-    wake_at(id, fmt(due))
+  if at then
+    wake_at(id, at)
   elseif b then
     later(b, 'zadd', key('pending'), order, id)
   else
@@ -858,8 +856,8 @@ end
 job_task_settled = function(id, state, body, now, job)
   -- A job's tasks are named after it (<job>-m<i>, <job>-reduce): an id without a '-' is no
   -- job's, and its job fields need no read.
-  if not job and not string.find(id, '-', 1, true) then return end
-  local j = job or redis.call('HMGET', task_key(id), 'job', 'chunk')
+  if job == NO_JOB or not string.find(id, '-', 1, true) then return end
+  local j = redis.call('HMGET', task_key(id), 'job', 'chunk')
   local jid, chunk = j[1], j[2]
   if not jid then return end
   local jk = job_key(jid)
@@ -906,7 +904,6 @@ local function requeue(id, w, now)
   local tk = task_key(id)
   local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'spec',
     'cancel_requested', 'lease')
-  h[5] = h[5] and max_attempts_of(h[5])
   -- Only a task still held: one that ended meanwhile (a job that failed cancels its other
   -- tasks, including those this loop has yet to reach) stays as it is.
   if h[3] ~= 'assigned' and h[3] ~= 'running' then return false end
@@ -917,12 +914,12 @@ local function requeue(id, w, now)
   end
   redis.call('HINCRBY', tk, 'requeues', 1)
   if h[3] == 'running' then
-    local cut = redis.call('HINCRBY', tk, 'cut_short', 1)
+    local cut, max_attempts = redis.call('HINCRBY', tk, 'cut_short', 1), max_attempts_of(h[5])
     append_history(tk, { attempt = tonumber(h[4]), worker = w, finished_at = now,
       outcome = 'lost', error = 'the run was cut short (worker lost, drained or replaced)' })
-    if cut <= tonumber(h[5]) then
+    if cut <= max_attempts then
       redis.call('HINCRBY', tk, 'attempts', -1)
-    elseif tonumber(h[4]) >= tonumber(h[5]) then
+    elseif tonumber(h[4]) >= max_attempts then
       settle(id, 'failed', 'error', 'gave up: ' .. cut .. ' runs were cut short', now)
       return true
     end
@@ -996,7 +993,7 @@ local function end_attempt(id, w, outcome, err, retry_at, now, b)
   append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(r[3]),
     finished_at = now, outcome = outcome, error = err }, r[4])
   if outcome == 'retry' then
-    schedule(id, retry_at, err)
+    schedule_retry(id, retry_at, err)
   else
     settle(id, outcome, 'error', err, now, b)
   end
@@ -1009,7 +1006,6 @@ end
 -- lease. The caller ends with finish_done(), then places and claims, once for however many
 -- tasks it finishes.
 local function finish_one(w, id, cost, outcome, body, delay, now, b)
-  b.running = b.running - 1
   b.done[#b.done + 1] = id
   b.freed = b.freed + num(cost)
   if outcome == 'succeeded' then
@@ -1049,6 +1045,8 @@ end
 -- settled.
 local function finish_done(w, b, now)
   local n = #b.done
+  -- Every task done was running here.
+  b.running = b.running - n
   if n > 0 then
     redis.call('HINCRBY', worker_key(w), 'assigned', fmt(-b.freed))
     redis.call('HINCRBY', worker_key(w), 'finished', str(n))

@@ -39,9 +39,6 @@ for _, w in ipairs(dead) do
   redis.call('LTRIM', key('recoveries'), 0, 99)
 end
 
--- The sweep is a safety net (release_worker hands every task of a dead worker back in one
--- step): one step per dead-after for the whole queue is enough, whoever runs it, so most
--- calls skip it and an idle queue's recovery costs a few reads.
 -- One bounded step of a ZSCAN over `index`, `visit` called with each member.
 local function sweep_step(index, visit)
   local cursor_key = key('sweep:' .. index)
@@ -54,18 +51,17 @@ end
 
 local function registered(w) return redis.call('SISMEMBER', key('workers'), w) == 1 end
 
+-- The sweep is a safety net (release_worker hands every task of a dead worker back in one
+-- step): one step per dead-after for the whole queue is enough, whoever runs it, so most
+-- calls skip it and an idle queue's recovery costs a few reads.
 if redis.call('SET', key('sweep:lock'), '1', 'NX', 'PX', math.max(dead_after, 1)) then
   sweep_step('assigned', function(id)
     local w = redis.call('HGET', task_key(id), 'worker') or ''
     if not registered(w) and requeue(id, w, now) then back = back + 1 end
   end)
+  -- An unregistered worker with an entry here left tasks behind: release what is left of it.
   sweep_step('leases', function(w)
-    if registered(w) then return end
-    for _, id in ipairs(held_ids(w)) do
-      if requeue(id, w, now) then back = back + 1 end
-    end
-    redis.call('DEL', held_key(w))
-    redis.call('ZREM', leases_key(), w)
+    if not registered(w) then back = back + release_worker(w, now) end
   end)
 end
 
