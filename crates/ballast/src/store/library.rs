@@ -106,7 +106,7 @@ impl Library {
             // would; the shared code reads the queue prefix, ARGV[1], from P.
             code.push_str(&format!(
                 "redis.register_function('{NAME}_{}', function(KEYS, ARGV)\n\
-                 P = ARGV[1]\nsmall_numbers()\n{}\nend)\n",
+                 P = ARGV[1]\nfirst_call()\n{}\nend)\n",
                 f.name, f.body
             ));
         }

@@ -7,12 +7,23 @@
 --
 -- Every function receives the queue prefix as ARGV[1]: "ballast:{<queue>}:", and stores it
 -- in P before anything else runs (store/library.rs wraps each body so, and calls
--- small_numbers() there too). All keys below are built from it, so they carry the queue's
+-- first_call() there too). All keys below are built from it, so they carry the queue's
 -- hash tag and live in one Redis Cluster slot.
 -- KEYS[1] of every function is a key under the same prefix, so Cluster routes the call
 -- there.
 
 local P
+
+-- The standard functions, kept as upvalues of the library (see first_call()). A function's
+-- globals table is empty: every global read (`redis`, `tonumber`, `string`...) misses it and
+-- then goes through its metatable to the real globals, several table reads each time.
+-- globals() is defined before the locals that shadow those names, so it reads the globals.
+-- While the library loads, `redis` is the loader's own (the bodies below register with it).
+local function globals()
+  return redis, tonumber, tostring, string, math, unpack, table, cjson, ipairs, pairs
+end
+local redis = redis
+local tonumber, tostring, string, math, unpack, table, cjson, ipairs, pairs
 
 -- Look-ahead: how many blocked task shapes (tags and cost) one placement call steps over
 -- before it stops, and how many waiting tasks it steps over at most. Together they bound the
@@ -84,14 +95,18 @@ end
 -- number ballast stores is below 2^53.
 local function fmt(n) return string.format('%d', n) end
 
--- Small whole numbers as text and back, made once, by the first call: Lua turns a
--- number into text through sprintf and text into a number through strtod, and either costs
--- more than the Redis command that carries it. The hot paths convert the same few small
--- values (attempts, costs, leases, delays) for every task.
--- Filled by the first call: a library's top level runs without the string library.
+-- Small whole numbers as text and back: Lua turns a number into text through sprintf and
+-- text into a number through strtod, and either costs more than the Redis command that
+-- carries it. The hot paths convert the same few small values (attempts, costs, leases,
+-- delays) for every task.
 local STR, INT = {}, {}
-local function small_numbers()
+
+-- Runs first in every call (store/library.rs's wrapper calls it) and does its work once:
+-- a library's top level runs without the standard functions, so they and the small numbers
+-- are set up by the first call.
+local function first_call()
   if STR[0] then return end
+  redis, tonumber, tostring, string, math, unpack, table, cjson, ipairs, pairs = globals()
   for i = 0, 4096 do
     STR[i] = string.format('%d', i)
     INT[STR[i]] = i
@@ -701,16 +716,17 @@ local function trim_finished(state, now, n)
   local r = redis.call('HMGET', key('retention'), 'count', 'ms')
   local max_count, max_ms = tonumber(r[1]) or RETAIN_COUNT, tonumber(r[2]) or RETAIN_MS
   local most = 2 * n
-  local drop = math.min(redis.call('LLEN', key(state)) - max_count, most)
-  if drop < most then
-    local oldest = redis.call('LRANGE', key(state), math.max(drop, 0), most - 1)
-    for _, id in ipairs(oldest) do
-      local at = tonumber(redis.call('HGET', task_key(id), 'finished_at'))
-      if at and at >= now - max_ms then break end
-      drop = math.max(drop, 0) + 1
-    end
+  local drop = math.max(math.min(redis.call('LLEN', key(state)) - max_count, most), 0)
+  -- Then by age, one at a time from the oldest left: the first young enough ends it, and in
+  -- a busy queue that is the first one read.
+  while drop < most do
+    local id = redis.call('LINDEX', key(state), drop)
+    if not id then break end
+    local at = tonumber(redis.call('HGET', task_key(id), 'finished_at'))
+    if at and at >= now - max_ms then break end
+    drop = drop + 1
   end
-  if drop <= 0 then return end
+  if drop == 0 then return end
   local victims = redis.call('LPOP', key(state), drop)
   local keys = {}
   for i, old in ipairs(victims) do keys[i] = task_key(old) end
