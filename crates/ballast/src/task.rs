@@ -385,7 +385,7 @@ pub struct TaskRecord {
 impl TaskRecord {
     /// Reads the record of task `id` of `queue` from the fields of its Redis hash
     /// (`HGETALL`). The hash leaves out what its key tells (id and queue) and fields still
-    /// zero or empty (priority, attempts, lease, tags).
+    /// zero or empty (priority, tags, and the run of a task never placed).
     pub fn from_fields(
         queue: &str,
         id: &str,
@@ -404,6 +404,11 @@ impl TaskRecord {
             |s: Option<String>| s.map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s)));
         let spec_text = h.remove("spec").ok_or("task field spec missing")?;
         let spec = crate::store::Spec::parse(&spec_text).ok_or("task field spec is malformed")?;
+        let run_text = h.remove("run");
+        let run = match &run_text {
+            Some(r) => crate::store::Run::parse(r).ok_or("task field run is malformed")?,
+            None => crate::store::Run::default(),
+        };
         let mut record = TaskRecord {
             state: h
                 .get("state")
@@ -412,17 +417,17 @@ impl TaskRecord {
                 .map_err(|e: Invalid| e.to_string())?,
             priority: opt_int(&h, "priority").unwrap_or(0),
             cost: int(&h, "cost")?,
-            attempts: opt_int(&h, "attempts").unwrap_or(0),
-            runs: opt_int(&h, "runs").unwrap_or(0),
+            attempts: run.attempts,
+            runs: run.runs,
             requeues: opt_int(&h, "requeues").unwrap_or(0),
             max_attempts: spec.max_attempts,
             timeout_ms: int(&h, "timeout_ms")?,
-            lease: opt_int(&h, "lease").unwrap_or(0),
+            lease: run.lease,
             submitted_at: int(&h, "submitted_at")?,
             // A task placed and started in one step is stored without it: its start is its
             // placement.
-            assigned_at: opt_int(&h, "assigned_at").or_else(|| opt_int(&h, "started_at")),
-            started_at: opt_int(&h, "started_at"),
+            assigned_at: opt_int(&h, "assigned_at").or(run.started_at),
+            started_at: run.started_at,
             finished_at: opt_int(&h, "finished_at"),
             run_at: opt_int(&h, "run_at"),
             history: h
@@ -433,7 +438,7 @@ impl TaskRecord {
                 .get("tags")
                 .map(|t| crate::store::split_tags(t))
                 .unwrap_or_default(),
-            worker: h.remove("worker").filter(|w| !w.is_empty()),
+            worker: Some(run.worker.to_string()).filter(|w| !w.is_empty()),
             payload: serde_json::from_str(spec.payload)
                 .unwrap_or_else(|_| Value::String(spec.payload.to_string())),
             result: json(h.remove("result")),
@@ -548,6 +553,25 @@ mod tests {
         );
         for bad in ["3 sum", "x sum\n{}", "3\n{}", "3 sum reduce more\n{}"] {
             assert!(Spec::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_reads_back_its_parts() {
+        use crate::store::Run;
+        // The worker is the rest of the text, whatever it holds.
+        let r = Run::parse("12 2 3 1700000000000 host-1 a").expect("run");
+        assert_eq!(
+            (r.lease, r.attempts, r.runs, r.started_at, r.worker),
+            (12, 2, 3, Some(1_700_000_000_000), "host-1 a")
+        );
+        // Placed but not started; then waiting again, with no worker.
+        let r = Run::parse("4 1 1 - w").expect("assigned run");
+        assert_eq!((r.started_at, r.worker), (None, "w"));
+        let r = Run::parse("4 1 1 - ").expect("waiting run");
+        assert_eq!((r.lease, r.started_at, r.worker), (4, None, ""));
+        for bad in ["", "4 1 1 -", "4 1 x - w", "4 1 1 soon w", "-1 1 1 - w x"] {
+            assert!(Run::parse(bad).is_none(), "{bad:?}");
         }
     }
 }

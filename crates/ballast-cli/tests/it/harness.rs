@@ -103,8 +103,41 @@ impl Env {
         self.raw.hgetall(key).await.expect("hgetall")
     }
 
+    /// A task's record, its `run` field spread into the parts it packs (lease, attempts,
+    /// runs, started_at, worker) so that tests name what they check; started_at is left out
+    /// while it is "-" (not started).
     pub async fn task_hash(&mut self, queue: &str, id: &str) -> HashMap<String, String> {
-        self.hash(&format!("{}task:{id}", prefix(queue))).await
+        let mut h = self.hash(&format!("{}task:{id}", prefix(queue))).await;
+        if let Some(run) = h.remove("run") {
+            let parts: Vec<&str> = run.splitn(5, ' ').collect();
+            assert_eq!(parts.len(), 5, "run {run:?}");
+            for (name, part) in ["lease", "attempts", "runs", "started_at", "worker"]
+                .into_iter()
+                .zip(parts)
+            {
+                if part != "-" {
+                    h.insert(name.to_string(), part.to_string());
+                }
+            }
+        }
+        h
+    }
+
+    /// Sets one part of task `id`'s `run` field (one of the names task_hash() gives them).
+    pub async fn set_run_part(&mut self, queue: &str, id: &str, part: &str, value: impl ToString) {
+        let key = format!("{}task:{id}", prefix(queue));
+        let run: String = self.raw.hget(&key, "run").await.expect("hget run");
+        let mut parts: Vec<String> = run.splitn(5, ' ').map(String::from).collect();
+        let at = ["lease", "attempts", "runs", "started_at", "worker"]
+            .iter()
+            .position(|p| *p == part)
+            .expect("a part of run");
+        parts[at] = value.to_string();
+        let _: () = self
+            .raw
+            .hset(&key, "run", parts.join(" "))
+            .await
+            .expect("hset run");
     }
 
     pub async fn worker_hash(&mut self, queue: &str, w: &str) -> HashMap<String, String> {

@@ -21,8 +21,9 @@ if redis.call('HGET', worker_key(w), 'epoch') ~= epoch then
   -- and placed again (and even started) since this process popped it.
   for i = #given, 1, -1 do
     local id = given[i]
-    local h = redis.call('HMGET', task_key(id), 'state', 'worker')
-    if h[1] == 'assigned' and h[2] == w and not redis.call('LPOS', KEYS[1], id) then
+    local h = redis.call('HMGET', task_key(id), 'state', 'run')
+    local _, _, _, _, held_by = run_of(h[2])
+    if h[1] == 'assigned' and held_by == w and not redis.call('LPOS', KEYS[1], id) then
       redis.call('LPUSH', KEYS[1], id)
     end
   end

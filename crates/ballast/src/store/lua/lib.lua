@@ -291,23 +291,43 @@ local function capable(cost, tags)
   return true
 end
 
--- Hand task `id` (of `cost`, text) to worker `w` under a new lease (the fencing token every
--- later call about this assignment must present): its record now, its indexes and the
--- worker's inbox through batch b. The caller charges the worker.
-local function assign(id, w, lease, cost, now, b)
+-- A task's `run`: what its placements and starts change, in one field, so that a start
+-- writes one field instead of five and a placement reads one instead of three:
+-- "<lease> <attempts> <runs> <started_at> <worker>". lease: its latest placement's fencing
+-- token; attempts: the attempts used; runs: the times a worker started it, every run
+-- counted; started_at: when its current (or last) run started, "-" while it has not;
+-- worker: where it is placed or ran last, empty while it waits. A task never placed has
+-- none. Every part but the worker is digits or "-", so the worker (whatever it holds) is
+-- the rest.
+local function run_text(lease, attempts, runs, started, w)
+  return lease .. ' ' .. attempts .. ' ' .. runs .. ' ' .. started .. ' ' .. w
+end
+-- The parts of a task's run (nil: never placed): lease, attempts and runs as numbers,
+-- started_at and worker as text.
+local function run_of(s)
+  if not s then return 0, 0, 0, '-', '' end
+  local l, a, n, started, w = string.match(s, '^(%d+) (%d+) (%d+) (%S+) (.*)$')
+  return num(l), num(a), num(n), started, w
+end
+-- The run of a task that goes back to waiting: its counts stay, its start and worker go.
+local function waiting_run(s)
+  local l, a, n = run_of(s)
+  return run_text(str(l), str(a), str(n), '-', '')
+end
+
+-- Hand task `id` (of `cost`, text; `attempts` and `runs` so far, numbers) to worker `w`
+-- under a new lease (the fencing token every later call about this assignment must
+-- present): its record now, its indexes and the worker's inbox through batch b. The caller
+-- charges the worker.
+local function assign(id, w, lease, cost, attempts, runs, now, b)
   local l = str(lease)
-  redis.call('HSET', task_key(id), 'state', 'assigned', 'worker', w, 'assigned_at', ts(now),
-    'lease', l)
+  redis.call('HSET', task_key(id), 'state', 'assigned', 'assigned_at', ts(now), 'run',
+    run_text(l, str(attempts), str(runs), '-', w))
   later(b, 'zrem', key('pending'), id)
   later(b, 'zadd', key('assigned'), ts(now), id)
   later(b, 'sadd', held_key(w), held_token(id, l, cost, true))
   later(b, 'rpush', inbox_key(w), id)
 end
-
--- What a worker needs of a task to start it, read in one HMGET after other fields. The
--- placement and claim loops, which run for every task, write the list out (unpack() is a
--- call of its own).
-local START_FIELDS = { 'lease', 'attempts', 'runs', 'timeout_ms', 'spec' }
 
 -- A task's `spec`: what it was submitted with that only its handler reads, in one field
 -- written once: "<max_attempts> <kind>[ <role>]" on the first line, the payload (JSON text)
@@ -326,12 +346,11 @@ local function max_attempts_of(spec)
 end
 
 -- Appends to `out` the record a worker gets for a task it starts: its running held token
--- (lease, cost and id), spec, timeout_ms and attempt. h[o] .. h[o + 4] are its START_FIELDS,
--- and attempt is text. The records go flat, four strings each, in one list: a table per task
--- would cost more than the rest of its record.
-local function claimed_row(out, token, h, o, attempt)
+-- (lease, cost and id), spec, timeout_ms and attempt (text). The records go flat, four
+-- strings each, in one list: a table per task would cost more than the rest of its record.
+local function claimed_row(out, token, spec, timeout, attempt)
   local n = #out
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = token, h[o + 4], h[o + 3], attempt
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = token, spec, timeout, attempt
 end
 
 -- The lists of batch b that start() fills for worker w, found once per call rather than
@@ -349,36 +368,33 @@ local function start_lists(b, w, fresh)
 end
 
 -- Start task `id` on worker w: running under `lease` (text) until its deadline (start +
--- timeout), which bounds w's entry in the leases index. h[o] .. h[o + 4] are its
--- START_FIELDS. Index changes go to batch b, through `lists` (start_lists(), which tells
--- whether the task is fresh); the record the worker gets is appended to `out`
--- (claimed_row()).
-local function start(tk, id, w, h, o, cost, lease, now, b, lists, out)
-  local attempt = str(num(h[o + 1] or '0') + 1)
-  local runs = str(num(h[o + 2] or '0') + 1)
+-- `timeout`), which bounds w's entry in the leases index. `attempts` and `runs` are its
+-- counts so far (run_of()); `timeout`, `spec` and `cost` are its fields. Index changes go to
+-- batch b, through `lists` (start_lists(), which tells whether the task is fresh); the
+-- record the worker gets is appended to `out` (claimed_row()).
+local function start(tk, id, w, attempts, runs, timeout, spec, cost, lease, now, b, lists, out)
+  local attempt = str(attempts + 1)
   -- held_token(id, lease, cost), and with 'a' the assigned one, written out: this runs for
   -- every task started.
   local token = lease .. ' ' .. cost .. ' ' .. id
   local from, held = lists.from, lists.held
   from[#from + 1] = id
   held[#held + 1] = token
-  if lists.fresh then
-    -- No assigned_at: it was never assigned apart from its start (readers take started_at).
-    redis.call('HSET', tk, 'state', 'running', 'worker', w, 'lease', lease, 'started_at',
-      ts(now), 'attempts', attempt, 'runs', runs)
-  else
-    redis.call('HSET', tk, 'state', 'running', 'started_at', ts(now), 'attempts', attempt, 'runs',
-      runs)
+  -- run_text(), written out. A fresh task gets no assigned_at: it was never assigned apart
+  -- from its start (readers take started_at).
+  redis.call('HSET', tk, 'state', 'running', 'run',
+    lease .. ' ' .. attempt .. ' ' .. str(runs + 1) .. ' ' .. ts(now) .. ' ' .. w)
+  if not lists.fresh then
     local unheld = lists.unheld
     unheld[#unheld + 1] = 'a' .. token
   end
   -- The lease: when the attempt must be over by (started_at + timeout_ms). The worker's own
   -- timer stops the handler first; recovery expires the lease if a hung worker never
   -- reports, and finds it through the worker's entry in the leases index.
-  local due, soonest = now + num(h[o + 3]), b.soonest[w]
+  local due, soonest = now + num(timeout), b.soonest[w]
   if not soonest or due < soonest then b.soonest[w] = due end
   b.running = b.running + 1
-  claimed_row(out, token, h, o, attempt)
+  claimed_row(out, token, spec, timeout, attempt)
 end
 
 -- Charge `cost` to worker w in Redis at once (its record and free indexes).
@@ -501,7 +517,7 @@ local function place_baseline(policy, now, got)
   while placed < MAX_PLACE do
     local id = redis.call('ZRANGE', key('pending'), 0, 0)[1]
     if not id then break end
-    local h = redis.call('HMGET', task_key(id), 'cost', 'lease')
+    local h = redis.call('HMGET', task_key(id), 'cost', 'run')
     local w
     if policy == 'round-robin' then
       w = workers[(redis.call('INCR', key('policy_rr')) % #workers) + 1]
@@ -522,7 +538,8 @@ local function place_baseline(policy, now, got)
     if not w then break end
     -- Each assignment is written before the next choice, which reads it.
     local b = new_batch()
-    assign(id, w, num(h[2] or '0') + 1, h[1], now, b)
+    local lease, attempts, runs = run_of(h[2])
+    assign(id, w, lease + 1, h[1], attempts, runs, now, b)
     flush_batch(b)
     if got then got[id] = w end
     charge(w, num(h[1]), next_tick(ticks))
@@ -580,14 +597,12 @@ local function place(now, me, got)
       local id = ids[i]
       local tk = task_key(id)
       seen = seen + 1
-      -- The start fields (spec included) only while `me` may still start a task; h[3] is
-      -- the lease either way.
+      -- What a start needs (timeout and spec) only while `me` may still start a task.
       local h
       if me and me.n < me.max then
-        h = redis.call('HMGET', tk, 'cost', 'tags', 'lease', 'attempts', 'runs', 'timeout_ms',
-          'spec')
+        h = redis.call('HMGET', tk, 'cost', 'tags', 'run', 'timeout_ms', 'spec')
       else
-        h = redis.call('HMGET', tk, 'cost', 'tags', 'lease')
+        h = redis.call('HMGET', tk, 'cost', 'tags', 'run')
       end
       -- An untagged shape is its cost alone (no string made for it); a tagged one has '|'.
       local shape = h[2] and (h[2] .. '|' .. h[1]) or h[1]
@@ -607,13 +622,19 @@ local function place(now, me, got)
         if w then
           local tick = next_tick(ticks)
           if v.loaded then view_charge(v, w, cost, tick) else charge(w, cost, tick) end
-          local lease = num(h[3] or '0') + 1
+          -- A task never placed (the usual one) has no run to read.
+          local lease, attempts, runs = 1, 0, 0
+          if h[3] then
+            lease, attempts, runs = run_of(h[3])
+            lease = lease + 1
+          end
           if me and w == me.w and me.n < me.max then
             if not me_lists then me_lists = start_lists(b, w, true) end
-            start(tk, id, w, h, 3, h[1], str(lease), now, b, me_lists, me.out)
+            start(tk, id, w, attempts, runs, h[4], h[5], h[1], str(lease), now, b, me_lists,
+              me.out)
             me.n = me.n + 1
           else
-            assign(id, w, lease, h[1], now, b)
+            assign(id, w, lease, h[1], attempts, runs, now, b)
           end
           if got then got[id] = w end
           placed = placed + 1
@@ -825,8 +846,9 @@ end
 -- it had already ended (or has no record), then the state and worker it found.
 local function cancel(id, now, b, job)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', 'lease')
-  local state, w = h[1], h[2]
+  local h = redis.call('HMGET', tk, 'state', 'run', 'cost')
+  local state = h[1]
+  local lease, _, _, _, w = run_of(h[2])
   if state == 'running' then
     redis.call('HSET', tk, 'cancel_requested', 1)
     redis.call('SADD', cancel_key(w), id)
@@ -838,7 +860,7 @@ local function cancel(id, now, b, job)
   elseif state == 'scheduled' then
     redis.call('ZREM', key(state), id)
   elseif state == 'assigned' then
-    if unhold(id, w, state, h[3], h[4]) then index_worker(w) end
+    if unhold(id, w, state, h[3], str(lease)) then index_worker(w) end
   else
     return 'final', state, w
   end
@@ -918,12 +940,12 @@ end
 -- Returns whether the task was still held (and so taken off w). The caller calls place().
 local function requeue(id, w, now)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'attempts', 'spec',
-    'cancel_requested', 'lease')
+  local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'run', 'spec', 'cancel_requested')
   -- Only a task still held: one that ended meanwhile (a job that failed cancels its other
   -- tasks, including those this loop has yet to reach) stays as it is.
   if h[3] ~= 'assigned' and h[3] ~= 'running' then return false end
-  unhold(id, w, h[3], h[1], h[7])
+  local lease, attempts, runs = run_of(h[4])
+  unhold(id, w, h[3], h[1], str(lease))
   if h[6] == '1' then
     settle(id, 'cancelled', 'error', 'cancelled while its worker was lost', now)
     return true
@@ -931,18 +953,19 @@ local function requeue(id, w, now)
   redis.call('HINCRBY', tk, 'requeues', 1)
   if h[3] == 'running' then
     local cut, max_attempts = redis.call('HINCRBY', tk, 'cut_short', 1), max_attempts_of(h[5])
-    append_history(tk, { attempt = tonumber(h[4]), worker = w, finished_at = now,
+    append_history(tk, { attempt = attempts, worker = w, finished_at = now,
       outcome = 'lost', error = 'the run was cut short (worker lost, drained or replaced)' })
     if cut <= max_attempts then
-      redis.call('HINCRBY', tk, 'attempts', -1)
-    elseif tonumber(h[4]) >= max_attempts then
+      attempts = attempts - 1
+    elseif attempts >= max_attempts then
       settle(id, 'failed', 'error', 'gave up: ' .. cut .. ' runs were cut short', now)
       return true
     end
   end
   redis.call('ZADD', key('pending'), h[2], id)
-  redis.call('HSET', tk, 'state', 'pending', 'worker', '')
-  redis.call('HDEL', tk, 'assigned_at', 'started_at')
+  redis.call('HSET', tk, 'state', 'pending', 'run', run_text(str(lease), str(attempts), str(runs),
+    '-', ''))
+  redis.call('HDEL', tk, 'assigned_at')
   return true
 end
 
@@ -977,11 +1000,13 @@ local function claim(w, given, max, now, out)
   while true do
     for _, id in ipairs(ids) do
       local tk = task_key(id)
-      local h = redis.call('HMGET', tk, 'state', 'worker', 'cost', 'lease', 'attempts', 'runs',
-        'timeout_ms', 'spec')
-      if h[1] == 'assigned' and h[2] == w then
-        start(tk, id, w, h, 4, h[3], h[4], now, b, lists, out)
-        n = n + 1
+      local h = redis.call('HMGET', tk, 'state', 'run', 'cost', 'timeout_ms', 'spec')
+      if h[1] == 'assigned' then
+        local lease, attempts, runs, _, held_by = run_of(h[2])
+        if held_by == w then
+          start(tk, id, w, attempts, runs, h[4], h[5], h[3], str(lease), now, b, lists, out)
+          n = n + 1
+        end
       end
     end
     if n >= max then break end
@@ -1001,13 +1026,12 @@ end
 -- it. `b` as settle() takes it.
 local function end_attempt(id, w, outcome, err, retry_at, now, b)
   local tk = task_key(id)
-  local r = redis.call('HMGET', tk, 'attempts', 'spec', 'started_at', 'history',
-    'cancel_requested')
-  if r[5] and outcome == 'retry' then outcome = 'cancelled' end
-  local attempts = tonumber(r[1])
+  local r = redis.call('HMGET', tk, 'run', 'spec', 'history', 'cancel_requested')
+  if r[4] and outcome == 'retry' then outcome = 'cancelled' end
+  local _, attempts, _, started = run_of(r[1])
   if outcome == 'retry' and attempts >= max_attempts_of(r[2]) then outcome = 'failed' end
-  append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(r[3]),
-    finished_at = now, outcome = outcome, error = err }, r[4])
+  append_history(tk, { attempt = attempts, worker = w, started_at = tonumber(started),
+    finished_at = now, outcome = outcome, error = err }, r[3])
   if outcome == 'retry' then
     schedule_retry(id, retry_at, err)
   else
@@ -1080,9 +1104,12 @@ end
 -- again after its reply was lost): "assigned" and the worker while it is assigned or
 -- running, "scheduled", "parked" or "pending" while it waits, "finished" once it ended.
 local function existing_placement(id)
-  local h = redis.call('HMGET', task_key(id), 'state', 'worker')
+  local h = redis.call('HMGET', task_key(id), 'state', 'run')
   local state = h[1]
-  if state == 'assigned' or state == 'running' then return 'assigned', h[2] end
+  if state == 'assigned' or state == 'running' then
+    local _, _, _, _, w = run_of(h[2])
+    return 'assigned', w
+  end
   if state == 'scheduled' then return 'scheduled', '' end
   if state ~= 'pending' then return 'finished', '' end
   if redis.call('ZSCORE', key('parked'), id) then return 'parked', '' end

@@ -12,9 +12,16 @@ local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', key('pending'), redis.call('HGET', task_key(id), 'order'), id)
-  redis.call('HSET', task_key(id), 'state', 'pending', 'worker', '')
-  redis.call('HDEL', task_key(id), 'run_at', 'assigned_at', 'started_at')
+  local tk = task_key(id)
+  local h = redis.call('HMGET', tk, 'order', 'run')
+  redis.call('ZADD', key('pending'), h[1], id)
+  -- A delayed submit has never run; a retry keeps its counts.
+  if h[2] then
+    redis.call('HSET', tk, 'state', 'pending', 'run', waiting_run(h[2]))
+  else
+    redis.call('HSET', tk, 'state', 'pending')
+  end
+  redis.call('HDEL', tk, 'run_at', 'assigned_at')
 end
 if #due > 0 then place(now) end
 local next_at = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

@@ -56,7 +56,7 @@ local function registered(w) return redis.call('SISMEMBER', key('workers'), w) =
 -- calls skip it and an idle queue's recovery costs a few reads.
 if redis.call('SET', key('sweep:lock'), '1', 'NX', 'PX', math.max(dead_after, 1)) then
   sweep_step('assigned', function(id)
-    local w = redis.call('HGET', task_key(id), 'worker') or ''
+    local _, _, _, _, w = run_of(redis.call('HGET', task_key(id), 'run'))
     if not registered(w) and requeue(id, w, now) then back = back + 1 end
   end)
   -- An unregistered worker with an entry here left tasks behind: release what is left of it.
@@ -81,11 +81,12 @@ for _, w in ipairs(due) do
   read = read + #ids
   local soonest, freed = nil, false
   for i, id in ipairs(ids) do
-    local h = assigned[i] and NOT_RUNNING or redis.call('HMGET', task_key(id), 'state', 'worker',
-      'cost', 'timeout_ms', 'started_at', 'lease')
-    local deadline = h[1] == 'running' and h[2] == w and tonumber(h[5]) + tonumber(h[4])
+    local h = assigned[i] and NOT_RUNNING or redis.call('HMGET', task_key(id), 'state', 'run',
+      'cost', 'timeout_ms')
+    local lease, _, _, started, held_by = run_of(h[2])
+    local deadline = h[1] == 'running' and held_by == w and tonumber(started) + tonumber(h[4])
     if deadline and deadline < limit then
-      freed = unhold(id, w, 'running', h[3], h[6]) or freed
+      freed = unhold(id, w, 'running', h[3], str(lease)) or freed
       local err = 'lease expired: no report ' .. h[4] .. ' ms after the start, plus ' ..
         dead_after .. ' ms'
       end_attempt(id, w, 'retry', err, now, now)

@@ -13,10 +13,13 @@ for i = 2, #ARGV do
   local id = ARGV[i]
   if redis.call('ZREM', KEYS[1], id) == 1 then
     local tk = task_key(id)
-    redis.call('HSET', tk, 'state', 'pending', 'attempts', 0, 'cut_short', 0, 'worker', '')
+    -- Its lease and runs go on counting; its attempts start again.
+    local lease, _, runs = run_of(redis.call('HGET', tk, 'run'))
+    redis.call('HSET', tk, 'state', 'pending', 'cut_short', 0, 'run',
+      run_text(str(lease), '0', str(runs), '-', ''))
     -- A cancel request that came too late to stop the last run does not follow the task
     -- into its new life.
-    redis.call('HDEL', tk, 'finished_at', 'error', 'result', 'assigned_at', 'started_at',
+    redis.call('HDEL', tk, 'finished_at', 'error', 'result', 'assigned_at',
       'cancel_requested')
     redis.call('ZADD', key('pending'), redis.call('HGET', tk, 'order'), id)
     n = n + 1
