@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ballast::store::{Finish, Outcome};
 use ballast::{Error, Placement};
+use redis::AsyncCommands;
 
 use crate::harness::{expect_keys, free_score, qkey, strmap, take_time, task, Env};
 
@@ -285,7 +286,15 @@ async fn dead_id_is_taken_over_and_its_tasks_go_back() {
         ])
     );
     // t1's run was cut short by the takeover: it gives its attempt back, while `runs` still
-    // counts the run and `requeues` the hand-back.
+    // counts the run and `requeues` the hand-back. The record keeps them in one field, as
+    // lib.lua's run_text() writes it: lease, attempts, runs, start ("-": not started yet),
+    // worker.
+    let raw: String = env
+        .raw
+        .hget(qkey(Q, &format!("task:{t1}")), "run")
+        .await
+        .expect("hget run");
+    assert_eq!(raw, "2 0 1 - w");
     let mut h1 = env.task_hash(Q, &t1).await;
     take_time(&mut h1, "assigned_at", lo, hi);
     assert_eq!(

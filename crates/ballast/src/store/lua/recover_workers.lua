@@ -69,8 +69,6 @@ end
 -- the held tasks of as many as fit in LEASE_READS (at least one worker); the others stay
 -- due for the next call.
 local LEASE_READS = 1000
--- What an assigned task's fields would say here: it runs nowhere.
-local NOT_RUNNING = {}
 local due = redis.call('ZRANGEBYSCORE', leases_key(), '-inf', '(' .. fmt(limit), 'LIMIT', 0,
   100)
 local read = 0
@@ -81,10 +79,13 @@ for _, w in ipairs(due) do
   read = read + #ids
   local soonest, freed = nil, false
   for i, id in ipairs(ids) do
-    local h = assigned[i] and NOT_RUNNING or redis.call('HMGET', task_key(id), 'state', 'run',
-      'cost', 'timeout_ms')
-    local lease, _, _, started, held_by = run_of(h[2])
-    local deadline = h[1] == 'running' and held_by == w and tonumber(started) + tonumber(h[4])
+    local h, lease, deadline = nil, nil, false
+    if not assigned[i] then
+      h = redis.call('HMGET', task_key(id), 'state', 'run', 'cost', 'timeout_ms')
+      local l, _, _, started, held_by = run_of(h[2])
+      lease = l
+      deadline = h[1] == 'running' and held_by == w and tonumber(started) + tonumber(h[4])
+    end
     if deadline and deadline < limit then
       freed = unhold(id, w, 'running', h[3], str(lease)) or freed
       local err = 'lease expired: no report ' .. h[4] .. ' ms after the start, plus ' ..
