@@ -421,7 +421,7 @@ impl TaskRecord {
             runs: run.runs,
             requeues: opt_int(&h, "requeues").unwrap_or(0),
             max_attempts: spec.max_attempts,
-            timeout_ms: int(&h, "timeout_ms")?,
+            timeout_ms: spec.timeout_ms,
             lease: run.lease,
             submitted_at: int(&h, "submitted_at")?,
             // A task placed and started in one step is stored without it: its start is its
@@ -539,19 +539,28 @@ mod tests {
     fn a_spec_reads_back_what_it_was_made_of() {
         use crate::store::Spec;
         // The payload may hold newlines and spaces; only the head is split.
-        let text = Spec::text(7, "resize.v2", "{\"a\": \"x\ny z\"}");
+        let task = TaskSpec::new("q", "resize.v2")
+            .max_attempts(7)
+            .timeout(std::time::Duration::from_millis(1500));
+        let text = Spec::text(&task, "{\"a\": \"x\ny z\"}");
         let s = Spec::parse(&text).expect("spec");
         assert_eq!(
-            (s.max_attempts, s.kind, s.role, s.payload),
-            (7, "resize.v2", "", "{\"a\": \"x\ny z\"}")
+            (s.max_attempts, s.timeout_ms, s.kind, s.role, s.payload),
+            (7, 1500, "resize.v2", "", "{\"a\": \"x\ny z\"}")
         );
         // A reduce task's head carries its role (made in Redis, by lib.lua's spec_of()).
-        let s = Spec::parse("3 sum reduce\n{}").expect("reduce spec");
+        let s = Spec::parse("3 60000 sum reduce\n{}").expect("reduce spec");
         assert_eq!(
-            (s.max_attempts, s.kind, s.role, s.payload),
-            (3, "sum", "reduce", "{}")
+            (s.max_attempts, s.timeout_ms, s.kind, s.role, s.payload),
+            (3, 60000, "sum", "reduce", "{}")
         );
-        for bad in ["3 sum", "x sum\n{}", "3\n{}", "3 sum reduce more\n{}"] {
+        for bad in [
+            "3 60000 sum",
+            "x 60000 sum\n{}",
+            "3 sum\n{}",
+            "3 60000\n{}",
+            "3 60000 sum reduce more\n{}",
+        ] {
             assert!(Spec::parse(bad).is_none(), "{bad:?}");
         }
     }

@@ -60,8 +60,8 @@ async fn a_job_appears_whole_with_its_map_tasks() {
             (h["job"].as_str(), h["chunk"].as_str()),
             (jid.as_str(), i.to_string().as_str())
         );
-        // max_attempts, kind, then the chunk's payload.
-        assert_eq!(h["spec"], format!("3 m\n{{\"n\":{i}}}"));
+        // max_attempts, timeout (the default), kind, then the chunk's payload.
+        assert_eq!(h["spec"], format!("3 300000 m\n{{\"n\":{i}}}"));
     }
     // The staged input was consumed.
     let staged: bool = env
@@ -178,7 +178,7 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
     assert_eq!(
         (head, payload),
         (
-            "3 r reduce",
+            "3 300000 r reduce",
             format!(r#"{{"chunks":3,"job":"{jid}"}}"#).as_str()
         )
     );

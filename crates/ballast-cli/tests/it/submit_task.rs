@@ -37,12 +37,11 @@ async fn stores_the_record_with_every_field() {
     assert_eq!(
         h,
         strmap(&[
-            // max_attempts and kind, then the payload: one field the handler reads.
-            ("spec", "4 resize\n{\"size\":[640,480]}"),
+            // max_attempts, timeout and kind, then the payload: one field the worker reads.
+            ("spec", "4 1500 resize\n{\"size\":[640,480]}"),
             ("priority", "5"),
             ("cost", "3"),
             ("tags", "gpu,ssd"),
-            ("timeout_ms", "1500"),
             ("state", "pending"),
             ("order", &order),
         ])
@@ -88,14 +87,7 @@ async fn a_default_record_leaves_out_what_its_key_and_defaults_tell() {
     let fields: BTreeSet<&str> = h.keys().map(String::as_str).collect();
     assert_eq!(
         fields,
-        BTreeSet::from([
-            "spec",
-            "cost",
-            "timeout_ms",
-            "state",
-            "order",
-            "submitted_at"
-        ])
+        BTreeSet::from(["spec", "cost", "state", "order", "submitted_at"])
     );
     // The typed read fills in the rest.
     let rec = env.task_record(Q, &spec.id).await;

@@ -102,9 +102,9 @@ pub struct ClaimedTask {
 }
 
 impl ClaimedTask {
-    /// One claimed task from its row: running held token, spec, timeout_ms, attempt.
-    fn from_row(token: &str, spec: &str, timeout_ms: &str, attempt: &str) -> Result<Self> {
-        let corrupt = || Error::Corrupt(format!("claim row {token:?} {timeout_ms:?} {attempt:?}"));
+    /// One claimed task from its row: running held token, spec, attempt.
+    fn from_row(token: &str, spec: &str, attempt: &str) -> Result<Self> {
+        let corrupt = || Error::Corrupt(format!("claim row {token:?} {attempt:?}"));
         let held = HeldToken::parse(token)
             .filter(|h| !h.assigned)
             .ok_or_else(corrupt)?;
@@ -115,7 +115,7 @@ impl ClaimedTask {
             payload: spec.payload.to_string(),
             lease: held.lease,
             cost: held.cost,
-            timeout_ms: timeout_ms.parse().map_err(|_| corrupt())?,
+            timeout_ms: spec.timeout_ms,
             max_attempts: spec.max_attempts,
             attempt: attempt.parse().map_err(|_| corrupt())?,
             role: spec.role.to_string(),
@@ -124,25 +124,28 @@ impl ClaimedTask {
 
     /// Claimed tasks from a function's flat reply: four strings per task.
     fn from_rows(flat: Vec<String>) -> Result<Vec<Self>> {
-        if flat.len() % 4 != 0 {
+        if flat.len() % 3 != 0 {
             return Err(Error::Corrupt(format!(
-                "a claim reply of {} strings is not four per task",
+                "a claim reply of {} strings is not three per task",
                 flat.len()
             )));
         }
-        flat.chunks_exact(4)
-            .map(|r| Self::from_row(&r[0], &r[1], &r[2], &r[3]))
+        flat.chunks_exact(3)
+            .map(|r| Self::from_row(&r[0], &r[1], &r[2]))
             .collect()
     }
 }
 
-/// A task's `spec` field: what it was submitted with that only its handler reads, written
-/// once as one string so that placement reads, and the worker receives, one field instead of
-/// four: `<max_attempts> <kind>[ <role>]`, a newline, then the payload. A kind is a name
-/// (no space or newline), so the first newline ends the head.
+/// A task's `spec` field: what it was submitted with that does not change, apart from what
+/// placement reads on its own (cost, tags), written once as one string so that placement
+/// reads, and the worker receives, one field instead of five: `<max_attempts> <timeout_ms>
+/// <kind>[ <role>]`, a newline, then the payload. A kind is a name (no space or newline), so
+/// the first newline ends the head.
 pub(crate) struct Spec<'a> {
     /// Attempts allowed.
     pub max_attempts: i64,
+    /// Timeout of one attempt, in milliseconds.
+    pub timeout_ms: i64,
     /// Handler name.
     pub kind: &'a str,
     /// `reduce` for a job's reduce task, empty otherwise.
@@ -153,8 +156,11 @@ pub(crate) struct Spec<'a> {
 
 impl<'a> Spec<'a> {
     /// The field's text for a task submitted with these (no role: a user's task).
-    pub fn text(max_attempts: i64, kind: &str, payload: &str) -> String {
-        format!("{max_attempts} {kind}\n{payload}")
+    pub fn text(spec: &TaskSpec, payload: &str) -> String {
+        format!(
+            "{} {} {}\n{payload}",
+            spec.max_attempts, spec.timeout_ms, spec.kind
+        )
     }
 
     /// Reads the field; `None` when it is not in that shape.
@@ -162,6 +168,7 @@ impl<'a> Spec<'a> {
         let (head, payload) = text.split_once('\n')?;
         let mut words = head.split(' ');
         let max_attempts = words.next()?.parse().ok()?;
+        let timeout_ms = words.next()?.parse().ok()?;
         let kind = words.next()?;
         let role = words.next().unwrap_or("");
         if words.next().is_some() {
@@ -169,6 +176,7 @@ impl<'a> Spec<'a> {
         }
         Some(Spec {
             max_attempts,
+            timeout_ms,
             kind,
             role,
             payload,
@@ -350,14 +358,13 @@ pub(crate) fn split_tags(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// What tasks of one shape share: everything but id and spec (kind, max attempts and
-/// payload, which go in the task's [`Spec`]).
+/// What tasks of one shape share: everything but id and spec (kind, max attempts, timeout
+/// and payload, which go in the task's [`Spec`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Shape<'a> {
     priority: i64,
     cost: i64,
     tags: &'a [String],
-    timeout_ms: i64,
     delay_ms: i64,
     not_before_ms: i64,
 }
@@ -368,7 +375,6 @@ impl<'a> Shape<'a> {
             priority: spec.priority,
             cost: spec.cost,
             tags: &checked.tags,
-            timeout_ms: spec.timeout_ms,
             delay_ms: spec.delay_ms,
             not_before_ms: spec.not_before_ms,
         }
@@ -379,7 +385,6 @@ impl<'a> Shape<'a> {
         call.arg(self.priority)
             .arg(self.cost)
             .arg(self.tags.join(","))
-            .arg(self.timeout_ms)
             .arg(self.delay_ms)
             .arg(self.not_before_ms);
     }
@@ -662,7 +667,7 @@ impl Store {
         let mut call = self.call(&SUBMIT_TASK, format!("{p}task:{}", spec.id));
         call.preceded_by(Store::remember_queue(&spec.queue));
         call.arg(&p).arg(&spec.id);
-        call.arg(Spec::text(spec.max_attempts, &spec.kind, &checked.payload));
+        call.arg(Spec::text(spec, &checked.payload));
         Shape::of(spec, checked).args(&mut call);
         let reply: Vec<String> = call.invoke_async(&mut conn).await?;
         placement(&reply)
@@ -698,7 +703,7 @@ impl Store {
                 }
                 for ((spec, checked), shape) in chunk.iter().zip(shape_of) {
                     call.arg(&spec.id)
-                        .arg(Spec::text(spec.max_attempts, &spec.kind, &checked.payload))
+                        .arg(Spec::text(spec, &checked.payload))
                         .arg(shape);
                 }
                 // Each chunk is sent again on its own after a dropped connection: a chunk

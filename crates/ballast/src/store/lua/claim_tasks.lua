@@ -7,9 +7,9 @@
 -- ARGV[4]  int     most tasks to claim
 -- ARGV[5..] string ids the worker already popped from its inbox (by a blocking wait)
 --
--- Returns the claimed tasks flat, four strings each: the running held token ("<lease> <cost>
--- <id>"), the spec (lib.lua's spec_of(): max attempts, kind, "reduce" for a job's reduce
--- task, and payload), timeout_ms and the attempt's number; or
+-- Returns the claimed tasks flat, three strings each: the running held token ("<lease> <cost>
+-- <id>"), the spec (lib.lua's spec_of(): max attempts, timeout, kind, "reduce" for a job's
+-- reduce task, and payload) and the attempt's number; or
 -- nothing when the epoch is not the worker's: a process declared dead claims nothing, and
 -- ids it popped go back to the head of the inbox for the live incarnation.
 

@@ -329,14 +329,31 @@ local function assign(id, w, lease, cost, attempts, runs, now, b)
   later(b, 'rpush', inbox_key(w), id)
 end
 
--- A task's `spec`: what it was submitted with that only its handler reads, in one field
--- written once: "<max_attempts> <kind>[ <role>]" on the first line, the payload (JSON text)
--- after it. The kind is a name ([A-Za-z0-9_.-]), so the first newline ends the head. One
--- field instead of four is read, and handed to the worker, as one string: each field costs
--- a little in every command that touches it and in the reply that carries it.
-local function spec_of(max_attempts, kind, role, payload)
-  if role then return max_attempts .. ' ' .. kind .. ' ' .. role .. '\n' .. payload end
-  return max_attempts .. ' ' .. kind .. '\n' .. payload
+-- A task's `spec`: what it was submitted with that does not change, but for what placement
+-- reads on its own (cost and tags), in one field written once: "<max_attempts> <timeout_ms>
+-- <kind>[ <role>]" on the first line, the payload (JSON text) after it. The kind is a name
+-- ([A-Za-z0-9_.-]), so the first newline ends the head. One field instead of five is read,
+-- and handed to the worker, as one string: each field costs a little in every command that
+-- touches it, in the reply that carries it, and in memory for as long as the task is kept.
+local function spec_of(max_attempts, timeout_ms, kind, role, payload)
+  local head = max_attempts .. ' ' .. timeout_ms .. ' ' .. kind
+  if role then return head .. ' ' .. role .. '\n' .. payload end
+  return head .. '\n' .. payload
+end
+-- The timeout of one attempt (ms, a number), from the spec: found with two plain finds (a
+-- pattern match costs twice as much), and turned into a number once per distinct text (a
+-- queue's tasks share a few timeouts, and strtod costs more than the finds). At most 64
+-- texts are kept, for the library's life.
+local TIMEOUTS, timeouts_kept = {}, 0
+local function timeout_of(spec)
+  local a = string.find(spec, ' ', 2, true)
+  local text = string.sub(spec, a + 1, string.find(spec, ' ', a + 2, true) - 1)
+  local t = TIMEOUTS[text]
+  if not t then
+    t = tonumber(text)
+    if timeouts_kept < 64 then TIMEOUTS[text], timeouts_kept = t, timeouts_kept + 1 end
+  end
+  return t
 end
 -- The attempts a task allows, from its spec. A record without one (written by a version
 -- before spec, which this one does not serve) allows one: it fails instead of breaking the
@@ -346,11 +363,11 @@ local function max_attempts_of(spec)
 end
 
 -- Appends to `out` the record a worker gets for a task it starts: its running held token
--- (lease, cost and id), spec, timeout_ms and attempt (text). The records go flat, four
--- strings each, in one list: a table per task would cost more than the rest of its record.
-local function claimed_row(out, token, spec, timeout, attempt)
+-- (lease, cost and id), spec and attempt (text). The records go flat, three strings each, in
+-- one list: a table per task would cost more than the rest of its record.
+local function claimed_row(out, token, spec, attempt)
   local n = #out
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = token, spec, timeout, attempt
+  out[n + 1], out[n + 2], out[n + 3] = token, spec, attempt
 end
 
 -- The lists of batch b that start() fills for worker w, found once per call rather than
@@ -368,11 +385,11 @@ local function start_lists(b, w, fresh)
 end
 
 -- Start task `id` on worker w: running under `lease` (text) until its deadline (start +
--- `timeout`), which bounds w's entry in the leases index. `attempts` and `runs` are its
--- counts so far (run_of()); `timeout`, `spec` and `cost` are its fields. Index changes go to
--- batch b, through `lists` (start_lists(), which tells whether the task is fresh); the
--- record the worker gets is appended to `out` (claimed_row()).
-local function start(tk, id, w, attempts, runs, timeout, spec, cost, lease, now, b, lists, out)
+-- its timeout), which bounds w's entry in the leases index. `attempts` and `runs` are its
+-- counts so far (run_of()); `spec` and `cost` are its fields. Index changes go to batch b,
+-- through `lists` (start_lists(), which tells whether the task is fresh); the record the
+-- worker gets is appended to `out` (claimed_row()).
+local function start(tk, id, w, attempts, runs, spec, cost, lease, now, b, lists, out)
   local attempt = str(attempts + 1)
   -- held_token(id, lease, cost), and with 'a' the assigned one, written out: this runs for
   -- every task started.
@@ -391,10 +408,10 @@ local function start(tk, id, w, attempts, runs, timeout, spec, cost, lease, now,
   -- The lease: when the attempt must be over by (started_at + timeout_ms). The worker's own
   -- timer stops the handler first; recovery expires the lease if a hung worker never
   -- reports, and finds it through the worker's entry in the leases index.
-  local due, soonest = now + num(timeout), b.soonest[w]
+  local due, soonest = now + timeout_of(spec), b.soonest[w]
   if not soonest or due < soonest then b.soonest[w] = due end
   b.running = b.running + 1
-  claimed_row(out, token, spec, timeout, attempt)
+  claimed_row(out, token, spec, attempt)
 end
 
 -- Charge `cost` to worker w in Redis at once (its record and free indexes).
@@ -597,10 +614,10 @@ local function place(now, me, got)
       local id = ids[i]
       local tk = task_key(id)
       seen = seen + 1
-      -- What a start needs (timeout and spec) only while `me` may still start a task.
+      -- The spec (which a start needs) only while `me` may still start a task.
       local h
       if me and me.n < me.max then
-        h = redis.call('HMGET', tk, 'cost', 'tags', 'run', 'timeout_ms', 'spec')
+        h = redis.call('HMGET', tk, 'cost', 'tags', 'run', 'spec')
       else
         h = redis.call('HMGET', tk, 'cost', 'tags', 'run')
       end
@@ -630,8 +647,7 @@ local function place(now, me, got)
           end
           if me and w == me.w and me.n < me.max then
             if not me_lists then me_lists = start_lists(b, w, true) end
-            start(tk, id, w, attempts, runs, h[4], h[5], h[1], str(lease), now, b, me_lists,
-              me.out)
+            start(tk, id, w, attempts, runs, h[4], h[1], str(lease), now, b, me_lists, me.out)
             me.n = me.n + 1
           else
             assign(id, w, lease, h[1], attempts, runs, now, b)
@@ -808,18 +824,18 @@ end
 -- holds further fields (a job's map tasks carry `job` and `chunk`). A caller storing many
 -- passes `b`, a batch that takes the pending entry, and `seq`, the task's sequence number
 -- (taken from the counter for the whole batch at once). Returns its order.
--- The record holds nothing it can be told without: its id and queue are in its key, and
--- `priority`, `attempts`, `lease` and `tags` are absent while zero or empty. Every field
--- costs a little in each command that touches the record, and memory for as long as it is
--- kept.
-local function new_task(id, spec, priority, cost, tags, timeout_ms, due, now, extra, b, seq)
+-- The record holds nothing it can be told without: its id and queue are in its key,
+-- `priority` and `tags` are absent while zero or empty, and `run` until it is placed. Every
+-- field costs a little in each command that touches the record, and memory for as long as
+-- it is kept.
+local function new_task(id, spec, priority, cost, tags, due, now, extra, b, seq)
   local tk = task_key(id)
   seq = seq or redis.call('INCR', key('seq'))
   local order = fmt((1000 - num(priority)) * ORDER_SHIFT + seq)
   local state, at = 'pending', nil
   if due > now then state, at = 'scheduled', fmt(due) end
-  redis.call('HSET', tk, 'spec', spec, 'cost', cost, 'timeout_ms', timeout_ms, 'state', state,
-    'order', order, 'submitted_at', ts(now))
+  redis.call('HSET', tk, 'spec', spec, 'cost', cost, 'state', state, 'order', order,
+    'submitted_at', ts(now))
   -- The fields most tasks go without, in one more command at most (a table for them would
   -- cost every task).
   if priority ~= '0' or tags ~= '' or at or (extra and #extra > 0) then
@@ -926,8 +942,8 @@ job_task_settled = function(id, state, body, now, job)
   local r = redis.call('HMGET', jk, 'reduce_kind', 'priority', 'reduce_cost', 'tags',
     'max_attempts', 'timeout_ms')
   local rid = jid .. '-reduce'
-  new_task(rid, spec_of(r[5], r[1], 'reduce', cjson.encode({ job = jid, chunks = total })), r[2],
-    r[3], r[4], r[6], now, now, { 'job', jid })
+  new_task(rid, spec_of(r[5], r[6], r[1], 'reduce', cjson.encode({ job = jid, chunks = total })),
+    r[2], r[3], r[4], now, now, { 'job', jid })
   redis.call('HSET', jk, 'state', 'reducing', 'reduce_task', rid)
   redis.call('RPUSH', jk .. ':tasks', rid)
 end
@@ -1000,11 +1016,11 @@ local function claim(w, given, max, now, out)
   while true do
     for _, id in ipairs(ids) do
       local tk = task_key(id)
-      local h = redis.call('HMGET', tk, 'state', 'run', 'cost', 'timeout_ms', 'spec')
+      local h = redis.call('HMGET', tk, 'state', 'run', 'cost', 'spec')
       if h[1] == 'assigned' then
         local lease, attempts, runs, _, held_by = run_of(h[2])
         if held_by == w then
-          start(tk, id, w, attempts, runs, h[4], h[5], h[3], str(lease), now, b, lists, out)
+          start(tk, id, w, attempts, runs, h[4], h[3], str(lease), now, b, lists, out)
           n = n + 1
         end
       end
@@ -1119,11 +1135,10 @@ end
 -- Store one submitted task (ARGV-style strings). Returns "exists" when the id is taken
 -- (nothing written; existing_placement() tells where it went), "scheduled" when its time is ahead, or nil and the task's order:
 -- pending, to be placed and then told with submitted_placements().
-local function submit_one(id, spec, priority, cost, tags, timeout_ms, delay, not_before, now, b,
-                          seq)
+local function submit_one(id, spec, priority, cost, tags, delay, not_before, now, b, seq)
   if redis.call('EXISTS', task_key(id)) == 1 then return 'exists' end
   local due = math.max(now + num(delay), num(not_before))
-  local order = new_task(id, spec, priority, cost, tags, timeout_ms, due, now, nil, b, seq)
+  local order = new_task(id, spec, priority, cost, tags, due, now, nil, b, seq)
   if due > now then return 'scheduled' end
   return nil, order
 end

@@ -79,16 +79,18 @@ for _, w in ipairs(due) do
   read = read + #ids
   local soonest, freed = nil, false
   for i, id in ipairs(ids) do
-    local h, lease, deadline = nil, nil, false
+    local h, lease, timeout, deadline = nil, nil, nil, false
     if not assigned[i] then
-      h = redis.call('HMGET', task_key(id), 'state', 'run', 'cost', 'timeout_ms')
+      h = redis.call('HMGET', task_key(id), 'state', 'run', 'cost', 'spec')
       local l, _, _, started, held_by = run_of(h[2])
-      lease = l
-      deadline = h[1] == 'running' and held_by == w and tonumber(started) + tonumber(h[4])
+      if h[1] == 'running' and held_by == w then
+        lease, timeout = l, timeout_of(h[4])
+        deadline = tonumber(started) + timeout
+      end
     end
     if deadline and deadline < limit then
       freed = unhold(id, w, 'running', h[3], str(lease)) or freed
-      local err = 'lease expired: no report ' .. h[4] .. ' ms after the start, plus ' ..
+      local err = 'lease expired: no report ' .. str(timeout) .. ' ms after the start, plus ' ..
         dead_after .. ' ms'
       end_attempt(id, w, 'retry', err, now, now)
       back = back + 1

@@ -27,11 +27,11 @@ end
 if #popped > 0 then claim(w, popped, #popped, now, out) end
 for i, id in ipairs(held) do
   if not assigned[i] then
-    local h = redis.call('HMGET', task_key(id), 'state', 'run', 'cost', 'timeout_ms', 'spec')
+    local h = redis.call('HMGET', task_key(id), 'state', 'run', 'cost', 'spec')
     local lease, attempts, _, _, held_by = run_of(h[2])
     if h[1] == 'running' and held_by == w then
       -- A running task's attempts count this run.
-      claimed_row(out, held_token(id, str(lease), h[3]), h[5], h[4], str(attempts))
+      claimed_row(out, held_token(id, str(lease), h[3]), h[4], str(attempts))
     end
   end
 end

@@ -40,8 +40,8 @@ redis.call('HSET', jk, 'id', jid, 'queue', queue, 'state', 'running', 'total', t
 redis.call('ZADD', key('jobs'), now, jid)
 for i = 0, total - 1 do
   local tid = jid .. '-m' .. i
-  new_task(tid, spec_of(max_attempts, map_kind, nil, redis.call('HGET', input, i)), priority,
-    cost, tags, timeout_ms, now, now, { 'job', jid, 'chunk', i })
+  new_task(tid, spec_of(max_attempts, timeout_ms, map_kind, nil, redis.call('HGET', input, i)),
+    priority, cost, tags, now, now, { 'job', jid, 'chunk', i })
   redis.call('RPUSH', jk .. ':tasks', tid)
 end
 redis.call('DEL', input)

@@ -3,13 +3,13 @@
 -- KEYS[1]  hash    the task record, P .. 'task:' .. id (routes the call on Cluster)
 -- ARGV[1]  string  queue prefix P = "ballast:{queue}:"; every other key is built from it
 -- ARGV[2]  string  task id
--- ARGV[3]  string  spec: max attempts, kind and payload, as lib.lua's spec_of() joins them
+-- ARGV[3]  string  spec: max attempts, timeout, kind and payload, as lib.lua's spec_of()
+--                  joins them
 -- ARGV[4]  int     priority, -1000..1000
 -- ARGV[5]  int     cost, >= 1
 -- ARGV[6]  string  required tags, sorted and comma-joined ("" for none)
--- ARGV[7]  int     timeout in milliseconds
--- ARGV[8]  int     delay in milliseconds from now (Redis clock), 0 for none
--- ARGV[9]  int     not before this time (ms since the epoch), 0 for none
+-- ARGV[7]  int     delay in milliseconds from now (Redis clock), 0 for none
+-- ARGV[8]  int     not before this time (ms since the epoch), 0 for none
 --
 -- submit_tasks.lua does the same for many tasks. A single submit has a function of its
 -- own because a batch's bookkeeping (its tables and the batched index writes) costs more
@@ -23,7 +23,7 @@
 
 local now = now_ms()
 local status, order = submit_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7],
-  ARGV[8], ARGV[9], now)
+  ARGV[8], now)
 if status == 'exists' then return { existing_placement(ARGV[2]) } end
 if status then return { status, '' } end
 local got = {}
