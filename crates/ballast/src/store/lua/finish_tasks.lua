@@ -47,10 +47,16 @@ for i = others, #ARGV, 6 do
 end
 local recorded = take_held(w, tokens)
 k = 0
+local done = b.done
 for i = 6, others - 1, 4 do
   k = k + 1
   if recorded[k] == 1 then
-    finish_one(w, ARGV[i], ARGV[i + 2], 'succeeded', ARGV[i + 3], '0', now, b)
+    -- finish_one() for a success, written out: this runs for every task that succeeds.
+    local id = ARGV[i]
+    done[#done + 1] = id
+    local cost = ARGV[i + 2]
+    b.freed = b.freed + (INT[cost] or tonumber(cost))
+    settle(id, 'succeeded', 'result', ARGV[i + 3], now, b)
   end
 end
 for i = others, #ARGV, 6 do

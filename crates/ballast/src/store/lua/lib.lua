@@ -390,17 +390,17 @@ end
 -- through `lists` (start_lists(), which tells whether the task is fresh); the record the
 -- worker gets is appended to `out` (claimed_row()).
 local function start(tk, id, w, attempts, runs, spec, cost, lease, now, b, lists, out)
-  local attempt = str(attempts + 1)
-  -- held_token(id, lease, cost), and with 'a' the assigned one, written out: this runs for
-  -- every task started.
+  -- str(), held_token() and run_text() written out: this runs for every task started.
+  local attempt, run = attempts + 1, runs + 1
+  attempt, run = STR[attempt] or fmt(attempt), STR[run] or fmt(run)
   local token = lease .. ' ' .. cost .. ' ' .. id
   local from, held = lists.from, lists.held
   from[#from + 1] = id
   held[#held + 1] = token
-  -- run_text(), written out. A fresh task gets no assigned_at: it was never assigned apart
-  -- from its start (readers take started_at).
+  -- A fresh task gets no assigned_at: it was never assigned apart from its start (readers
+  -- take started_at).
   redis.call('HSET', tk, 'state', 'running', 'run',
-    lease .. ' ' .. attempt .. ' ' .. str(runs + 1) .. ' ' .. ts(now) .. ' ' .. w)
+    lease .. ' ' .. attempt .. ' ' .. run .. ' ' .. ts(now) .. ' ' .. w)
   if not lists.fresh then
     local unheld = lists.unheld
     unheld[#unheld + 1] = 'a' .. token
@@ -411,7 +411,9 @@ local function start(tk, id, w, attempts, runs, spec, cost, lease, now, b, lists
   local due, soonest = now + timeout_of(spec), b.soonest[w]
   if not soonest or due < soonest then b.soonest[w] = due end
   b.running = b.running + 1
-  claimed_row(out, token, spec, attempt)
+  -- claimed_row(), written out.
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3] = token, spec, attempt
 end
 
 -- Charge `cost` to worker w in Redis at once (its record and free indexes).
@@ -489,14 +491,6 @@ local function view_pick(v, cost, reserved, id)
   if best_score > v.bound then return best end
   if v.bound < 0 then return nil end
   return false
-end
-
--- Charge a worker of the view in Lua; the tie-break moves it behind equal workers.
-local function view_charge(v, w, cost, tick)
-  v.free[w] = v.free[w] - cost
-  v.tie[w] = SHIFT - 1 - (tick % SHIFT)
-  v.tick[w] = tick
-  v.charged[w] = (v.charged[w] or 0) + cost
 end
 
 -- Assignment ticks (the tie-break) for one call: the counter is read once and written back
@@ -600,6 +594,8 @@ local function place(now, me, got)
   local top = max_free()
   if top == 0 then return 0 end
   local b, v, ticks = new_batch(), view_new(top), tick_source()
+  -- task_key(), and below num() and split_tags(), written out: the loop runs for every task.
+  local task_prefix = P .. 'task:'
   -- Shapes known blocked (no room now) or incapable (no accepting worker could ever run
   -- them: the capacity indexes do not change during a call, so that answer holds for it).
   local placed, reserved, blocked, incapable, me_lists = 0, {}, {}, {}, nil
@@ -612,7 +608,7 @@ local function place(now, me, got)
     if #ids == 0 then break end
     for i = 1, #ids do
       local id = ids[i]
-      local tk = task_key(id)
+      local tk = task_prefix .. id
       seen = seen + 1
       -- The spec (which a start needs) only while `me` may still start a task.
       local h
@@ -629,7 +625,8 @@ local function place(now, me, got)
         park_later(b, id)
         if got then got[id] = false end
       else
-        local cost, tags = num(h[1]), split_tags(h[2])
+        local cost, tags = INT[h[1]] or tonumber(h[1]), NO_TAGS
+        if h[2] then tags = split_tags(h[2]) end
         local w
         if #tags == 0 then w = view_pick(v, cost, reserved, id) end
         if #tags > 0 or w == false then
@@ -637,8 +634,16 @@ local function place(now, me, got)
           w = best_fit(cost, tags, reserved, id)
         end
         if w then
-          local tick = next_tick(ticks)
-          if v.loaded then view_charge(v, w, cost, tick) else charge(w, cost, tick) end
+          -- next_tick() written out. A worker of the view is charged in Lua (view_sync()
+          -- writes it to Redis); the tie-break moves it behind equal workers.
+          if not ticks.base then next_tick(ticks) else ticks.used = ticks.used + 1 end
+          local tick = ticks.base + ticks.used
+          if v.loaded then
+            v.free[w], v.tie[w], v.tick[w] = v.free[w] - cost, SHIFT - 1 - (tick % SHIFT), tick
+            v.charged[w] = (v.charged[w] or 0) + cost
+          else
+            charge(w, cost, tick)
+          end
           -- A task never placed (the usual one) has no run to read.
           local lease, attempts, runs = 1, 0, 0
           if h[3] then
@@ -647,14 +652,17 @@ local function place(now, me, got)
           end
           if me and w == me.w and me.n < me.max then
             if not me_lists then me_lists = start_lists(b, w, true) end
-            start(tk, id, w, attempts, runs, h[4], h[1], str(lease), now, b, me_lists, me.out)
+            start(tk, id, w, attempts, runs, h[4], h[1], STR[lease] or fmt(lease), now, b,
+              me_lists, me.out)
             me.n = me.n + 1
           else
             assign(id, w, lease, h[1], attempts, runs, now, b)
           end
           if got then got[id] = w end
           placed = placed + 1
-          if placed >= MAX_PLACE or view_max_free(v) == 0 then
+          -- The worker just charged tells, while it has room left, that there is some.
+          if placed >= MAX_PLACE
+            or not (v.loaded and v.free[w] > 0) and view_max_free(v) == 0 then
             done = true
             break
           end
@@ -783,7 +791,8 @@ end
 -- flushes it and trims with flush_settled()), or nil for a batch of its own, written at
 -- once. `job`: NO_JOB when the task's job is known to have ended (nothing to tell it).
 local function settle(id, state, field, body, now, b, job)
-  redis.call('HSET', task_key(id), 'state', state, 'finished_at', ts(now), field, body)
+  -- task_key(), written out: this runs for every task that ends.
+  redis.call('HSET', P .. 'task:' .. id, 'state', state, 'finished_at', ts(now), field, body)
   local own = b or new_batch()
   -- Dead letters leave one by one (retried or purged): a sorted set by time. Succeeded and
   -- cancelled tasks leave oldest first only: a list in finish order, cheaper to append to.
@@ -801,7 +810,11 @@ local function settle(id, state, field, body, now, b, job)
   end
   own.events[#own.events + 1] = id
   if not b then flush_settled(own, now) end
-  job_task_settled(id, state, body, now, job)
+  -- A job's tasks are named after it (<job>-m<i>, <job>-reduce): an id without a '-' is no
+  -- job's, and needs neither a read of its job fields nor a call.
+  if job ~= NO_JOB and string.find(id, '-', 1, true) then
+    job_task_settled(id, state, body, now)
+  end
 end
 
 -- Index scheduled task `id` to run at `at` (ms, text) and wake a promotion loop.
@@ -907,10 +920,7 @@ end
 -- job's tolerance (over it, the job fails and its other tasks are cancelled); the call that
 -- records the last map outcome creates the reduce task in the same step. A task finishes
 -- once (its lease fences it), so each chunk is counted once and the reduce is made once.
-job_task_settled = function(id, state, body, now, job)
-  -- A job's tasks are named after it (<job>-m<i>, <job>-reduce): an id without a '-' is no
-  -- job's, and its job fields need no read.
-  if job == NO_JOB or not string.find(id, '-', 1, true) then return end
+job_task_settled = function(id, state, body, now)
   local j = redis.call('HMGET', task_key(id), 'job', 'chunk')
   local jid, chunk = j[1], j[2]
   if not jid then return end
@@ -1133,8 +1143,9 @@ local function existing_placement(id)
 end
 
 -- Store one submitted task (ARGV-style strings). Returns "exists" when the id is taken
--- (nothing written; existing_placement() tells where it went), "scheduled" when its time is ahead, or nil and the task's order:
--- pending, to be placed and then told with submitted_placements().
+-- (nothing written; existing_placement() tells where it went), "scheduled" when its time is
+-- ahead, or nil and the task's order: pending, to be placed and then told with
+-- submitted_placements().
 local function submit_one(id, spec, priority, cost, tags, delay, not_before, now, b, seq)
   if redis.call('EXISTS', task_key(id)) == 1 then return 'exists' end
   local due = math.max(now + num(delay), num(not_before))

@@ -45,7 +45,11 @@ local function sweep_step(index, visit)
   local cursor = redis.call('GET', cursor_key) or '0'
   local step = redis.call('ZSCAN', key(index), cursor, 'COUNT', 100)
   -- A finished scan leaves no cursor behind, so an idle step writes nothing.
-  if step[1] == '0' then redis.call('DEL', cursor_key) else redis.call('SET', cursor_key, step[1]) end
+  if step[1] == '0' then
+    redis.call('DEL', cursor_key)
+  else
+    redis.call('SET', cursor_key, step[1])
+  end
   for i = 1, #step[2], 2 do visit(step[2][i]) end
 end
 
