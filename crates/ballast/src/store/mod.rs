@@ -122,7 +122,7 @@ impl ClaimedTask {
         })
     }
 
-    /// Claimed tasks from a function's flat reply: four strings per task.
+    /// Claimed tasks from a function's flat reply: three strings per task.
     fn from_rows(flat: Vec<String>) -> Result<Vec<Self>> {
         if flat.len() % 3 != 0 {
             return Err(Error::Corrupt(format!(

@@ -47,6 +47,7 @@ for i = others, #ARGV, 6 do
 end
 local recorded = take_held(w, tokens)
 k = 0
+-- b.done is replaced only by finish_done(), below.
 local done = b.done
 for i = 6, others - 1, 4 do
   k = k + 1

@@ -343,14 +343,19 @@ end
 -- The timeout of one attempt (ms, a number), from the spec: found with two plain finds (a
 -- pattern match costs twice as much), and turned into a number once per distinct text (a
 -- queue's tasks share a few timeouts, and strtod costs more than the finds). At most 64
--- texts are kept, for the library's life.
-local TIMEOUTS, timeouts_kept = {}, 0
+-- texts are kept, for the library's life. A spec not in this shape (a record of a version
+-- before it, which this one does not serve) gets TaskSpec's default timeout, as
+-- max_attempts_of() gives it one attempt: the call goes on instead of failing halfway.
+local TIMEOUTS, timeouts_kept, DEFAULT_TIMEOUT = {}, 0, 300000
 local function timeout_of(spec)
-  local a = string.find(spec, ' ', 2, true)
-  local text = string.sub(spec, a + 1, string.find(spec, ' ', a + 2, true) - 1)
+  local a = spec and string.find(spec, ' ', 2, true)
+  local z = a and string.find(spec, ' ', a + 2, true)
+  if not z then return DEFAULT_TIMEOUT end
+  local text = string.sub(spec, a + 1, z - 1)
   local t = TIMEOUTS[text]
   if not t then
     t = tonumber(text)
+    if not t then return DEFAULT_TIMEOUT end
     if timeouts_kept < 64 then TIMEOUTS[text], timeouts_kept = t, timeouts_kept + 1 end
   end
   return t
