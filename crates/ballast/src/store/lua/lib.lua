@@ -142,19 +142,28 @@ end
 -- both added to and removed from the same key.
 local BATCH_ARGS = 1000
 
+-- A batch makes only the tables it needs, when it needs them: a call makes a few batches,
+-- and every Lua table costs about as much as a Redis command (made, grown, collected).
+-- The lists are b[kind][k] (kind: a key of BATCH_COMMAND); `kinds` and `keys` remember the
+-- order they were first used in.
 local function new_batch()
-  return { zadd = {}, zrem = {}, sadd = {}, srem = {}, rpush = {}, order = {}, events = {},
-    settled = {}, done = {}, freed = 0, soonest = {}, running = 0, finished = {} }
+  return { kinds = {}, keys = {}, events = {}, settled = {}, done = {}, freed = 0,
+    soonest = {}, running = 0, finished = {} }
 end
 
--- The list b[kind][k], made (and the order keys were first used in remembered) when first
--- asked for. A list left empty sends nothing.
+-- The list b[kind][k], made when first asked for. A list left empty sends nothing.
 local function batch_list(b, kind, k)
-  local t = b[kind][k]
+  local by_key = b[kind]
+  if not by_key then
+    by_key = {}
+    b[kind] = by_key
+  end
+  local t = by_key[k]
   if not t then
     t = {}
-    b[kind][k] = t
-    b.order[#b.order + 1] = { kind, k }
+    by_key[k] = t
+    local n = #b.kinds + 1
+    b.kinds[n], b.keys[n] = kind, k
   end
   return t
 end
@@ -170,17 +179,26 @@ local BATCH_COMMAND = { zadd = 'ZADD', zrem = 'ZREM', sadd = 'SADD', srem = 'SRE
   rpush = 'RPUSH' }
 
 local function flush_batch(b)
-  for _, o in ipairs(b.order) do
-    local cmd, k, t = BATCH_COMMAND[o[1]], o[2], b[o[1]][o[2]]
-    -- ZADD takes pairs: keep chunks even.
-    for i = 1, #t, BATCH_ARGS do
-      redis.call(cmd, k, unpack(t, i, math.min(i + BATCH_ARGS - 1, #t)))
+  local kinds, keys = b.kinds, b.keys
+  if #kinds > 0 then
+    for i = 1, #kinds do
+      local kind, k = kinds[i], keys[i]
+      local t = b[kind][k]
+      -- ZADD takes pairs: keep chunks even.
+      for j = 1, #t, BATCH_ARGS do
+        redis.call(BATCH_COMMAND[kind], k, unpack(t, j, math.min(j + BATCH_ARGS - 1, #t)))
+      end
     end
+    for i = 1, #kinds do b[kinds[i]] = nil end
+    b.kinds, b.keys, b.finished = {}, {}, {}
   end
-  b.order, b.zadd, b.zrem, b.sadd, b.srem, b.rpush, b.finished = {}, {}, {}, {}, {}, {}, {}
   -- LT: a worker's entry only ever moves earlier here; it is a bound, not the exact value.
-  for w, d in pairs(b.soonest) do redis.call('ZADD', leases_key(), 'LT', fmt(d), w) end
-  b.soonest = {}
+  local soonest = false
+  for w, d in pairs(b.soonest) do
+    redis.call('ZADD', leases_key(), 'LT', fmt(d), w)
+    soonest = true
+  end
+  if soonest then b.soonest = {} end
   if b.running ~= 0 then
     running_add(b.running)
     b.running = 0
@@ -1024,8 +1042,9 @@ end
 -- Appends the records for the worker to `out` (a new list when nil; see claimed_row()) and
 -- returns it.
 local function claim(w, given, max, now, out)
-  local b, n = new_batch(), 0
-  local lists = start_lists(b, w, false)
+  -- The batch is made for the first task started: a finish call that finds the inbox empty
+  -- (most of them) makes none.
+  local b, lists, n = nil, nil, 0
   out = out or {}
   local ids = given
   while true do
@@ -1035,6 +1054,10 @@ local function claim(w, given, max, now, out)
       if h[1] == 'assigned' then
         local lease, attempts, runs, _, held_by = run_of(h[2])
         if held_by == w then
+          if not b then
+            b = new_batch()
+            lists = start_lists(b, w, false)
+          end
           start(tk, id, w, attempts, runs, h[4], h[3], str(lease), now, b, lists, out)
           n = n + 1
         end
@@ -1044,7 +1067,7 @@ local function claim(w, given, max, now, out)
     ids = redis.call('LPOP', inbox_key(w), max - n)
     if not ids then break end
   end
-  flush_batch(b)
+  if b then flush_batch(b) end
   return out
 end
 
