@@ -413,7 +413,7 @@ end
 -- through `lists` (start_lists(), which tells whether the task is fresh); the record the
 -- worker gets is appended to `out` (claimed_row()).
 local function start(tk, id, w, attempts, runs, spec, cost, lease, now, b, lists, out)
-  -- str(), held_token() and run_text() written out: this runs for every task started.
+  -- str(), held_token(), run_text() and ts() written out: this runs for every task started.
   local attempt, run = attempts + 1, runs + 1
   attempt, run = STR[attempt] or fmt(attempt), STR[run] or fmt(run)
   local token = lease .. ' ' .. cost .. ' ' .. id
@@ -423,7 +423,8 @@ local function start(tk, id, w, attempts, runs, spec, cost, lease, now, b, lists
   -- A fresh task gets no assigned_at: it was never assigned apart from its start (readers
   -- take started_at).
   redis.call('HSET', tk, 'state', 'running', 'run',
-    lease .. ' ' .. attempt .. ' ' .. run .. ' ' .. ts(now) .. ' ' .. w)
+    lease .. ' ' .. attempt .. ' ' .. run .. ' ' ..
+    (now == now_of_text and now_text or ts(now)) .. ' ' .. w)
   if not lists.fresh then
     local unheld = lists.unheld
     unheld[#unheld + 1] = 'a' .. token
@@ -814,8 +815,9 @@ end
 -- flushes it and trims with flush_settled()), or nil for a batch of its own, written at
 -- once. `job`: NO_JOB when the task's job is known to have ended (nothing to tell it).
 local function settle(id, state, field, body, now, b, job)
-  -- task_key(), written out: this runs for every task that ends.
-  redis.call('HSET', P .. 'task:' .. id, 'state', state, 'finished_at', ts(now), field, body)
+  -- task_key() and ts(), written out: this runs for every task that ends.
+  redis.call('HSET', P .. 'task:' .. id, 'state', state, 'finished_at',
+    now == now_of_text and now_text or ts(now), field, body)
   local own = b or new_batch()
   -- Dead letters leave one by one (retried or purged): a sorted set by time. Succeeded and
   -- cancelled tasks leave oldest first only: a list in finish order, cheaper to append to.
