@@ -888,7 +888,12 @@ impl Runner {
         };
         let mut join = {
             let mut running = self.lock_running();
-            if self.generation.load(Ordering::SeqCst) != generation {
+            // A task started after the grace period ran out (a finish answered during its
+            // last try) reads the generation stop_handlers() left, so `abandon` is checked
+            // too.
+            if self.abandon.load(Ordering::SeqCst)
+                || self.generation.load(Ordering::SeqCst) != generation
+            {
                 return Outcome::Retry {
                     error: "not started: the task went back before it could start here".into(),
                     delay: Duration::ZERO,
