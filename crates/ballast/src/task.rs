@@ -400,8 +400,9 @@ impl TaskRecord {
         fn opt_int(h: &HashMap<String, String>, f: &str) -> Option<i64> {
             h.get(f).and_then(|v| v.parse().ok())
         }
+        // JSON text as a value; text that is not JSON as a string.
         let json =
-            |s: Option<String>| s.map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s)));
+            |s: &str| serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()));
         let spec_text = h.remove("spec").ok_or("task field spec missing")?;
         let spec = crate::store::Spec::parse(&spec_text).ok_or("task field spec is malformed")?;
         let run_text = h.remove("run");
@@ -439,9 +440,8 @@ impl TaskRecord {
                 .map(|t| crate::store::split_tags(t))
                 .unwrap_or_default(),
             worker: Some(run.worker.to_string()).filter(|w| !w.is_empty()),
-            payload: serde_json::from_str(spec.payload)
-                .unwrap_or_else(|_| Value::String(spec.payload.to_string())),
-            result: json(h.remove("result")),
+            payload: json(spec.payload),
+            result: h.remove("result").as_deref().map(json),
             error: h.remove("error"),
             id: id.to_string(),
             queue: queue.to_string(),

@@ -615,13 +615,10 @@ impl Runner {
             // The store retries a dropped connection itself, for seconds: a stop cuts that
             // wait short, and the call in flight gets its last try (sent again instead, a
             // finish would be refused as stale and lose the tasks its reply carries).
-            let answered = if *stop.borrow() {
-                tokio::time::timeout(LAST_TRY, &mut attempt).await
-            } else {
-                tokio::select! {
-                    r = &mut attempt => Ok(r),
-                    _ = stopped(&mut stop) => tokio::time::timeout(LAST_TRY, &mut attempt).await,
-                }
+            // stopped() is ready at once when the stop came before the call.
+            let answered = tokio::select! {
+                r = &mut attempt => Ok(r),
+                _ = stopped(&mut stop) => tokio::time::timeout(LAST_TRY, &mut attempt).await,
             };
             let Ok(result) = answered else {
                 self.resync.store(true, Ordering::SeqCst);

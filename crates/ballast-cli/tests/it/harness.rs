@@ -63,7 +63,7 @@ impl Env {
 
     pub async fn zrange(&mut self, queue: &str, name: &str) -> Vec<String> {
         self.raw
-            .zrange(format!("{}{name}", prefix(queue)), 0, -1)
+            .zrange(qkey(queue, name), 0, -1)
             .await
             .expect("zrange")
     }
@@ -94,7 +94,7 @@ impl Env {
     /// The list `name` of `queue` (succeeded and cancelled tasks, in finish order).
     pub async fn list(&mut self, queue: &str, name: &str) -> Vec<String> {
         self.raw
-            .lrange(format!("{}{name}", prefix(queue)), 0, -1)
+            .lrange(qkey(queue, name), 0, -1)
             .await
             .expect("lrange")
     }
@@ -107,14 +107,11 @@ impl Env {
     /// runs, started_at, worker) so that tests name what they check; started_at is left out
     /// while it is "-" (not started).
     pub async fn task_hash(&mut self, queue: &str, id: &str) -> HashMap<String, String> {
-        let mut h = self.hash(&format!("{}task:{id}", prefix(queue))).await;
+        let mut h = self.hash(&qkey(queue, &format!("task:{id}"))).await;
         if let Some(run) = h.remove("run") {
             let parts: Vec<&str> = run.splitn(5, ' ').collect();
             assert_eq!(parts.len(), 5, "run {run:?}");
-            for (name, part) in ["lease", "attempts", "runs", "started_at", "worker"]
-                .into_iter()
-                .zip(parts)
-            {
+            for (name, part) in RUN_PARTS.into_iter().zip(parts) {
                 if part != "-" {
                     h.insert(name.to_string(), part.to_string());
                 }
@@ -125,10 +122,10 @@ impl Env {
 
     /// Sets one part of task `id`'s `run` field (one of the names task_hash() gives them).
     pub async fn set_run_part(&mut self, queue: &str, id: &str, part: &str, value: impl ToString) {
-        let key = format!("{}task:{id}", prefix(queue));
+        let key = qkey(queue, &format!("task:{id}"));
         let run: String = self.raw.hget(&key, "run").await.expect("hget run");
         let mut parts: Vec<String> = run.splitn(5, ' ').map(String::from).collect();
-        let at = ["lease", "attempts", "runs", "started_at", "worker"]
+        let at = RUN_PARTS
             .iter()
             .position(|p| *p == part)
             .expect("a part of run");
@@ -141,14 +138,11 @@ impl Env {
     }
 
     pub async fn worker_hash(&mut self, queue: &str, w: &str) -> HashMap<String, String> {
-        self.hash(&format!("{}worker:{w}", prefix(queue))).await
+        self.hash(&qkey(queue, &format!("worker:{w}"))).await
     }
 
     pub async fn inbox(&mut self, queue: &str, w: &str) -> Vec<String> {
-        self.raw
-            .lrange(format!("{}worker:{w}:inbox", prefix(queue)), 0, -1)
-            .await
-            .expect("lrange")
+        self.list(queue, &format!("worker:{w}:inbox")).await
     }
 
     /// Registers a worker with the default dead-after.
@@ -209,6 +203,9 @@ pub const SHIFT: f64 = 4_294_967_296.0;
 pub const ORDER_SHIFT: i64 = 1 << 40;
 
 /// Key `name` of `queue`: `ballast:{queue}:<name>`.
+/// The parts of a task's `run` field, in order (lib.lua's run_text()).
+const RUN_PARTS: [&str; 5] = ["lease", "attempts", "runs", "started_at", "worker"];
+
 pub fn qkey(queue: &str, name: &str) -> String {
     format!("{}{name}", prefix(queue))
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ballast::store::{prefix, Cancel, Finish, Leave, Outcome};
+use ballast::store::{Cancel, Finish, Leave, Outcome};
 use ballast::{Placement, TaskState};
 use redis::AsyncCommands;
 
@@ -28,9 +28,8 @@ async fn a_dead_workers_tasks_go_to_the_living_without_using_attempts() {
     assert_eq!((dead, back), (1, 2));
 
     // The dead worker is gone from every key; both tasks are assigned to the living one.
-    let p = prefix(Q);
     for k in ["worker:old", "worker:old:inbox", "worker:old:tasks"] {
-        let exists: bool = env.raw.exists(format!("{p}{k}")).await.expect("exists");
+        let exists: bool = env.raw.exists(qkey(Q, k)).await.expect("exists");
         assert!(!exists, "{k} survived");
     }
     assert_eq!(env.smembers(Q, "workers").await, vec!["new".to_string()]);
@@ -116,8 +115,8 @@ async fn concurrent_recoveries_hand_each_task_back_once() {
     assert_eq!(env.zrange(Q, "pending").await.len(), 8);
     for s in &specs {
         let t = env.task_hash(Q, &s.id).await;
-        // No attempt used: given back by a run cut short, or never taken (none stored).
-        let attempts = t.get("attempts").map_or("0", String::as_str);
+        // No attempt used: given back by a run cut short, or never taken.
+        let attempts = t["attempts"].as_str();
         assert_eq!(
             (t["state"].as_str(), t["requeues"].as_str(), attempts),
             ("pending", "1", "0")
@@ -339,10 +338,9 @@ async fn a_fenced_claim_returns_only_ids_still_waiting_and_never_twice() {
     let y = env.submit(task(Q, 1)).await;
     // The old process popped both ids, then paused; the id was taken over (both tasks
     // handed back and placed on the new incarnation, x already started there).
-    let p = prefix(Q);
     let _: Vec<String> = env
         .raw
-        .lpop(format!("{p}worker:w:inbox"), std::num::NonZeroUsize::new(2))
+        .lpop(qkey(Q, "worker:w:inbox"), std::num::NonZeroUsize::new(2))
         .await
         .expect("lpop");
     env.store

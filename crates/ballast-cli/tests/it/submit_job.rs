@@ -44,11 +44,7 @@ async fn a_job_appears_whole_with_its_map_tasks() {
         ),
         ("running", "3", "0", "0")
     );
-    let tasks: Vec<String> = env
-        .raw
-        .lrange(format!("{p}job:{jid}:tasks"), 0, -1)
-        .await
-        .expect("tasks");
+    let tasks = env.list(Q, &format!("job:{jid}:tasks")).await;
     assert_eq!(
         tasks,
         (0..3).map(|i| format!("{jid}-m{i}")).collect::<Vec<_>>()
@@ -182,11 +178,7 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
             format!(r#"{{"chunks":3,"job":"{jid}"}}"#).as_str()
         )
     );
-    let tasks: Vec<String> = env
-        .raw
-        .lrange(format!("{p}job:{jid}:tasks"), 0, -1)
-        .await
-        .expect("tasks");
+    let tasks = env.list(Q, &format!("job:{jid}:tasks")).await;
     assert_eq!(tasks.iter().filter(|t| t.ends_with("-reduce")).count(), 1);
 
     // The reduce's result is the job's.

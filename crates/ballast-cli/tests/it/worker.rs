@@ -623,9 +623,9 @@ async fn a_worker_shuts_down_without_redis_and_its_task_is_not_lost() {
         },
     );
     let (stop, run) = spawn(w);
-    let nap = TaskSpec::new("q", "gate");
-    env.client.submit(&nap).await.expect("submit");
-    wait_running(&env, &nap.id).await;
+    let gated = TaskSpec::new("q", "gate");
+    env.client.submit(&gated).await.expect("submit");
+    wait_running(&env, &gated.id).await;
     // Redis goes away for good while the task runs; then the worker is told to stop. It
     // can neither report nor leave, and must still end once its grace period is over.
     env.stop_redis();
@@ -638,7 +638,7 @@ async fn a_worker_shuts_down_without_redis_and_its_task_is_not_lost() {
         .expect("run");
     // Nothing is lost: the task is still the worker's, and recovery hands it back.
     env.restart_redis();
-    let t = env.task_record("q", &nap.id).await;
+    let t = env.task_record("q", &gated.id).await;
     assert_eq!(
         (t.state, t.worker.as_deref()),
         (TaskState::Running, Some("w"))
@@ -647,7 +647,7 @@ async fn a_worker_shuts_down_without_redis_and_its_task_is_not_lost() {
         .recover_workers("q", Duration::ZERO)
         .await
         .expect("recover");
-    let t = env.task_record("q", &nap.id).await;
+    let t = env.task_record("q", &gated.id).await;
     assert_eq!((t.state, t.attempts), (TaskState::Pending, 0));
     env.assert_sound("q").await;
 }

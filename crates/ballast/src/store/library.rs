@@ -18,6 +18,8 @@ use std::sync::LazyLock;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
 
+use super::QUEUES_KEY;
+
 const LIB: &str = include_str!("lua/lib.lua");
 
 /// One function of the library: its name and the body it runs. Called as
@@ -168,16 +170,18 @@ impl Call {
         self
     }
 
-    /// Sends `first` just before the call, in the same round trip. Its reply is dropped, and
-    /// its error does not fail the call: it is logged, once per process (`first` is the
-    /// directory of queues' `SADD`, bookkeeping the call does not need). Errors
-    /// are told per command, so the call's own error (a missing library) keeps its detail
-    /// rather than coming wrapped as a pipeline failure.
-    pub(crate) fn preceded_by(&mut self, first: Cmd) -> &mut Call {
+    /// Adds `queue` to the directory of queues just before the call, in the same round
+    /// trip. It goes with every call that creates tasks or workers rather than once per
+    /// handle: a Redis restarted without persistence must learn the queue again. Its reply
+    /// is dropped, and its error does not fail the call (the directory is bookkeeping the
+    /// call does not need): it is logged, once per process. Errors are told per command, so
+    /// the call's own error (a missing library) keeps its detail rather than coming wrapped
+    /// as a pipeline failure.
+    pub(crate) fn remembering_queue(&mut self, queue: &str) -> &mut Call {
         if let Request::Alone(cmd) = &mut self.request {
             let mut pipe = redis::pipe();
             pipe.ignore_errors()
-                .add_command(first)
+                .add_command(super::Store::remember_queue(queue))
                 .add_command(std::mem::take(cmd));
             self.request = Request::Preceded(pipe);
         }
@@ -210,12 +214,12 @@ impl Call {
                 let (first, reply): (RedisResult<redis::Value>, RedisResult<T>) =
                     pipe.query_async(conn).await?;
                 if let Err(e) = first {
-                    if !FIRST_FAILED.swap(true, Ordering::Relaxed) {
+                    if !DIRECTORY_FAILED.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
                             error = %e,
-                            "cannot add the queue to the directory of queues (ballast:queues): \
+                            "cannot add the queue to the directory of queues ({QUEUES_KEY}): \
                              tasks and workers are stored, but `ballast status` will not list \
-                             the queue; allow SADD on ballast:queues"
+                             the queue; allow SADD on {QUEUES_KEY}"
                         );
                     }
                 }
@@ -225,8 +229,9 @@ impl Call {
     }
 }
 
-/// Whether a command sent before a call has failed in this process (told once).
-static FIRST_FAILED: AtomicBool = AtomicBool::new(false);
+/// Whether adding a queue to the directory of queues has failed in this process (told
+/// once).
+static DIRECTORY_FAILED: AtomicBool = AtomicBool::new(false);
 
 fn function_missing(e: &RedisError) -> bool {
     e.detail()

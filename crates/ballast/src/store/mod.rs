@@ -462,6 +462,18 @@ fn running_count_key(p: &str) -> String {
     format!("{p}running_count")
 }
 
+/// Keys under a queue's prefix `p`, named as lib.lua names them: a task's record, the
+/// registered workers, and a worker's held tasks' tokens.
+fn task_key(p: &str, id: &str) -> String {
+    format!("{p}task:{id}")
+}
+fn workers_key(p: &str) -> String {
+    format!("{p}workers")
+}
+fn held_key(p: &str, w: &str) -> String {
+    format!("{p}worker:{w}:tasks")
+}
+
 /// Whether the index named `name` (`P <name>`) is a list in finish order (succeeded and
 /// cancelled tasks leave it oldest first only) rather than a sorted set.
 fn listed(name: &str) -> bool {
@@ -665,7 +677,7 @@ impl Store {
         let mut conn = self.conn.clone();
         let p = prefix(&spec.queue);
         let mut call = self.call(&SUBMIT_TASK, format!("{p}task:{}", spec.id));
-        call.preceded_by(Store::remember_queue(&spec.queue));
+        call.remembering_queue(&spec.queue);
         call.arg(&p).arg(&spec.id);
         call.arg(Spec::text(spec, &checked.payload));
         Shape::of(spec, checked).args(&mut call);
@@ -696,7 +708,7 @@ impl Store {
                     }));
                 }
                 let mut call = self.call(&SUBMIT_TASKS, format!("{p}pending"));
-                call.preceded_by(Store::remember_queue(queue));
+                call.remembering_queue(queue);
                 call.arg(&p).arg(shapes.len());
                 for shape in &shapes {
                     shape.args(&mut call);
@@ -723,9 +735,7 @@ impl Store {
         Ok(out)
     }
 
-    /// The command that adds a queue to the directory of queues. It is sent with every call
-    /// that creates tasks or workers (in the same round trip), rather than once per handle:
-    /// a Redis restarted without persistence must learn the queue again.
+    /// The command that adds a queue to the directory of queues.
     fn remember_queue(queue: &str) -> redis::Cmd {
         redis::cmd("SADD").arg(QUEUES_KEY).arg(queue).to_owned()
     }
@@ -737,8 +747,7 @@ impl Store {
 
     async fn task_once(&self, queue: &str, id: &str) -> Result<Option<TaskRecord>> {
         let mut conn = self.conn.clone();
-        let h: HashMap<String, String> =
-            conn.hgetall(format!("{}task:{id}", prefix(queue))).await?;
+        let h: HashMap<String, String> = conn.hgetall(task_key(&prefix(queue), id)).await?;
         if h.is_empty() {
             return Ok(None);
         }
@@ -754,7 +763,7 @@ impl Store {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.cmd("MEMORY").arg("USAGE").arg(format!("{p}task:{id}"));
+            pipe.cmd("MEMORY").arg("USAGE").arg(task_key(&p, id));
         }
         let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
         Ok(sizes.into_iter().map(Option::unwrap_or_default).collect())
@@ -780,7 +789,7 @@ impl Store {
         for chunk in ids.chunks(1000) {
             let mut pipe = redis::pipe();
             for id in chunk {
-                pipe.hgetall(format!("{p}task:{id}"));
+                pipe.hgetall(task_key(&p, id));
             }
             let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
             for (id, h) in chunk.iter().zip(rows) {
@@ -827,21 +836,16 @@ impl Store {
         let mut ids: Vec<String> = Vec::new();
         let end = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
         for s in states {
+            if ids.len() >= limit {
+                break;
+            }
             if s == TaskState::Running {
-                if ids.len() < limit {
-                    ids.extend(self.running_ids(&p, limit - ids.len()).await?);
-                }
+                ids.extend(self.running_ids(&p, limit - ids.len()).await?);
                 continue;
             }
-            let mut names = vec![s.as_str()];
-            if s == TaskState::Pending {
-                names.push("parked");
-            }
-            for name in names {
-                if ids.len() >= limit {
-                    break;
-                }
-                ids.extend(index_ids(&mut conn, &p, name, end).await?);
+            ids.extend(index_ids(&mut conn, &p, s.as_str(), end).await?);
+            if s == TaskState::Pending && ids.len() < limit {
+                ids.extend(index_ids(&mut conn, &p, "parked", end).await?);
             }
         }
         ids.truncate(limit);
@@ -859,39 +863,38 @@ impl Store {
     /// registered workers whose records say running, so this reads every held record.
     async fn running_ids(&self, p: &str, limit: usize) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
-        let workers: Vec<String> = conn.smembers(format!("{p}workers")).await?;
+        let workers: Vec<String> = conn.smembers(workers_key(p)).await?;
         // Every worker's held set in one round trip.
         let mut pipe = redis::pipe();
         for w in &workers {
-            pipe.smembers(format!("{p}worker:{w}:tasks"));
+            pipe.smembers(held_key(p, w));
         }
         let held_sets: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        let held: Vec<&str> = held_sets
+            .iter()
+            .flatten()
+            .filter_map(|t| HeldToken::parse(t))
+            .filter(|t| !t.assigned)
+            .map(|t| t.id)
+            .collect();
+        // Then their records, 500 to a round trip, whichever workers hold them.
         let mut running: Vec<(i64, String)> = Vec::new();
-        for tokens in held_sets {
-            let held: Vec<&str> = tokens
-                .iter()
-                .filter_map(|t| HeldToken::parse(t))
-                .filter(|t| !t.assigned)
-                .map(|t| t.id)
-                .collect();
-            for chunk in held.chunks(500) {
-                let mut pipe = redis::pipe();
-                for id in chunk {
-                    pipe.cmd("HMGET")
-                        .arg(format!("{p}task:{id}"))
-                        .arg("state")
-                        .arg("run");
-                }
-                let rows: Vec<(Option<String>, Option<String>)> =
-                    pipe.query_async(&mut conn).await?;
-                for (id, (state, run)) in chunk.iter().zip(rows) {
-                    if state.as_deref() == Some("running") {
-                        let started = run
-                            .as_deref()
-                            .and_then(Run::parse)
-                            .and_then(|r| r.started_at);
-                        running.push((started.unwrap_or(0), id.to_string()));
-                    }
+        for chunk in held.chunks(500) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HMGET")
+                    .arg(task_key(p, id))
+                    .arg("state")
+                    .arg("run");
+            }
+            let rows: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+            for (id, (state, run)) in chunk.iter().zip(rows) {
+                if state.as_deref() == Some("running") {
+                    let started = run
+                        .as_deref()
+                        .and_then(Run::parse)
+                        .and_then(|r| r.started_at);
+                    running.push((started.unwrap_or(0), id.to_string()));
                 }
             }
         }
@@ -911,7 +914,7 @@ impl Store {
         for s in TaskState::ALL {
             match s {
                 // A count the functions keep: running tasks have no index.
-                TaskState::Running => pipe.cmd("GET").arg(running_count_key(&p)),
+                TaskState::Running => pipe.get(running_count_key(&p)),
                 s if listed(s.as_str()) => pipe.llen(state_key(&p, s)),
                 s => pipe.zcard(state_key(&p, s)),
             };
@@ -956,7 +959,7 @@ impl Store {
     async fn workers_once(&self, queue: &str) -> Result<Vec<WorkerRecord>> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
-        let mut ids: Vec<String> = conn.smembers(format!("{p}workers")).await?;
+        let mut ids: Vec<String> = conn.smembers(workers_key(&p)).await?;
         ids.sort();
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -989,7 +992,7 @@ impl Store {
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self
             .call(&REGISTER_WORKER, format!("{p}worker:{worker}"))
-            .preceded_by(Store::remember_queue(queue))
+            .remembering_queue(queue)
             .arg(&p)
             .arg(worker)
             .arg(capacity)
@@ -1100,7 +1103,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let rows: Vec<String> = self
-            .call(&RESYNC_WORKER, format!("{p}worker:{worker}:tasks"))
+            .call(&RESYNC_WORKER, held_key(&p, worker))
             .arg(&p)
             .arg(worker)
             .arg(epoch)
@@ -1154,7 +1157,9 @@ impl Store {
         call.arg(wins.len());
         for &i in &wins {
             let (task, outcome) = reports[i];
-            let (_, result, _) = outcome_args(outcome);
+            let Outcome::Succeeded(result) = outcome else {
+                unreachable!("partitioned above")
+            };
             call.arg(&task.id)
                 .arg(task.lease)
                 .arg(task.cost)
@@ -1243,7 +1248,7 @@ impl Store {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self
-            .call(&CANCEL_TASK, format!("{p}task:{id}"))
+            .call(&CANCEL_TASK, task_key(&p, id))
             .arg(&p)
             .arg(id)
             .invoke_async(&mut conn)
@@ -1542,7 +1547,7 @@ impl Store {
             }
         }
 
-        let workers: HashSet<String> = conn.smembers(format!("{p}workers")).await?;
+        let workers: HashSet<String> = conn.smembers(workers_key(&p)).await?;
         // Which worker's held set names each task.
         let mut held_by: HashMap<String, String> = HashMap::new();
         for w in &workers {
@@ -1554,7 +1559,7 @@ impl Store {
                     continue;
                 }
             };
-            let tokens: HashSet<String> = conn.smembers(format!("{p}worker:{w}:tasks")).await?;
+            let tokens: HashSet<String> = conn.smembers(held_key(&p, w)).await?;
             let inbox: Vec<String> = conn.lrange(format!("{p}worker:{w}:inbox"), 0, -1).await?;
             let mut cost = 0;
             for token in &tokens {

@@ -59,15 +59,17 @@ local function held_token(id, lease, cost, assigned)
   if assigned then return 'a' .. lease .. ' ' .. cost .. ' ' .. id end
   return lease .. ' ' .. cost .. ' ' .. id
 end
--- The ids of w's held tasks, and whether each is assigned (not started). Something that is
--- not a token counts as its own id, so a stray member can never end the list early.
+-- The ids of w's held tasks, whether each is assigned (not started), and their tokens.
+-- Something that is not a token counts as its own id, so a stray member can never end the
+-- list early.
 local function held_ids(w)
-  local ids, assigned = redis.call('SMEMBERS', held_key(w)), {}
-  for i, t in ipairs(ids) do
+  local tokens = redis.call('SMEMBERS', held_key(w))
+  local ids, assigned = {}, {}
+  for i, t in ipairs(tokens) do
     local a, id = string.match(t, '^(a?)%d+ %d+ (.*)$')
     ids[i], assigned[i] = id or t, a == 'a'
   end
-  return ids, assigned
+  return ids, assigned, tokens
 end
 -- The running tasks w was asked to cancel.
 local function cancel_key(w) return P .. 'worker:' .. w .. ':cancel' end
@@ -117,9 +119,8 @@ local function str(n) return STR[n] or fmt(n) end
 
 -- The count goes when it reaches zero, as an empty index would.
 local function running_add(n)
-  if redis.call('INCRBY', running_count_key(), fmt(n)) == 0 then
-    redis.call('DEL', running_count_key())
-  end
+  local k = running_count_key()
+  if redis.call('INCRBY', k, fmt(n)) == 0 then redis.call('DEL', k) end
 end
 
 -- `now` as text, formatted once per call: Redis formats every number Lua passes it,
@@ -142,10 +143,11 @@ end
 -- both added to and removed from the same key.
 local BATCH_ARGS = 1000
 
--- A batch makes only the tables it needs, when it needs them: a call makes a few batches,
--- and every Lua table costs about as much as a Redis command (made, grown, collected).
--- The lists are b[kind][k] (kind: a key of BATCH_COMMAND); `kinds` and `keys` remember the
--- order they were first used in.
+-- A batch makes its lists only when they are first used, and a flush that sent nothing makes
+-- no new tables: a call makes a few batches, and every Lua table costs about as much as a
+-- Redis command (made, grown, collected). The lists are b[kind][k] (kind: a key of
+-- BATCH_COMMAND); `kinds` and `keys` remember the order they were first used in;
+-- `finished` is settle()'s cache of the finished lists' own lists, reset with them.
 local function new_batch()
   return { kinds = {}, keys = {}, events = {}, settled = {}, done = {}, freed = 0,
     soonest = {}, running = 0, finished = {} }
@@ -327,10 +329,10 @@ local function run_of(s)
   local l, a, n, started, w = string.match(s, '^(%d+) (%d+) (%d+) (%S+) (.*)$')
   return num(l), num(a), num(n), started, w
 end
--- The run of a task that goes back to waiting: its counts stay, its start and worker go.
-local function waiting_run(s)
-  local l, a, n = run_of(s)
-  return run_text(str(l), str(a), str(n), '-', '')
+-- The run of a task that goes back to waiting, from its counts (numbers): it has no start
+-- and no worker.
+local function waiting_run(lease, attempts, runs)
+  return run_text(str(lease), str(attempts), str(runs), '-', '')
 end
 
 -- Hand task `id` (of `cost`, text; `attempts` and `runs` so far, numbers) to worker `w`
@@ -618,7 +620,8 @@ local function place(now, me, got)
   local top = max_free()
   if top == 0 then return 0 end
   local b, v, ticks = new_batch(), view_new(top), tick_source()
-  -- task_key(), and below num() and split_tags(), written out: the loop runs for every task.
+  -- task_key(), and below num() and str(), written out (and split_tags() called only for a
+  -- task with tags): the loop runs for every task.
   local task_prefix = P .. 'task:'
   -- Shapes known blocked (no room now) or incapable (no accepting worker could ever run
   -- them: the capacity indexes do not change during a call, so that answer holds for it).
@@ -1014,8 +1017,7 @@ local function requeue(id, w, now)
     end
   end
   redis.call('ZADD', key('pending'), h[2], id)
-  redis.call('HSET', tk, 'state', 'pending', 'run', run_text(str(lease), str(attempts), str(runs),
-    '-', ''))
+  redis.call('HSET', tk, 'state', 'pending', 'run', waiting_run(lease, attempts, runs))
   redis.call('HDEL', tk, 'assigned_at')
   return true
 end

@@ -17,7 +17,7 @@ for _, id in ipairs(due) do
   redis.call('ZADD', key('pending'), h[1], id)
   -- A delayed submit has never run; a retry keeps its counts.
   if h[2] then
-    redis.call('HSET', tk, 'state', 'pending', 'run', waiting_run(h[2]))
+    redis.call('HSET', tk, 'state', 'pending', 'run', waiting_run(run_of(h[2])))
   else
     redis.call('HSET', tk, 'state', 'pending')
   end

@@ -69,9 +69,10 @@ if redis.call('SET', key('sweep:lock'), '1', 'NX', 'PX', math.max(dead_after, 1)
   end)
 end
 
--- Workers whose earliest lease may have expired, each checked task by task. One call reads
--- the held tasks of as many as fit in LEASE_READS (at least one worker); the others stay
--- due for the next call.
+-- Workers whose earliest lease may have expired, each checked task by task. One call takes
+-- the held tasks of as many as fit in LEASE_READS (at least one worker; a running task's
+-- record is read, an assigned one's token is enough); the others stay due for the next
+-- call.
 local LEASE_READS = 1000
 local due = redis.call('ZRANGEBYSCORE', leases_key(), '-inf', '(' .. fmt(limit), 'LIMIT', 0,
   100)
@@ -83,23 +84,22 @@ for _, w in ipairs(due) do
   read = read + #ids
   local soonest, freed = nil, false
   for i, id in ipairs(ids) do
-    local h, lease, timeout, deadline = nil, nil, nil, false
     if not assigned[i] then
-      h = redis.call('HMGET', task_key(id), 'state', 'run', 'cost', 'spec')
-      local l, _, _, started, held_by = run_of(h[2])
+      local h = redis.call('HMGET', task_key(id), 'state', 'run', 'cost', 'spec')
+      local lease, _, _, started, held_by = run_of(h[2])
       if h[1] == 'running' and held_by == w then
-        lease, timeout = l, timeout_of(h[4])
-        deadline = tonumber(started) + timeout
+        local timeout = timeout_of(h[4])
+        local deadline = tonumber(started) + timeout
+        if deadline < limit then
+          freed = unhold(id, w, 'running', h[3], str(lease)) or freed
+          local err = 'lease expired: no report ' .. str(timeout) ..
+            ' ms after the start, plus ' .. dead_after .. ' ms'
+          end_attempt(id, w, 'retry', err, now, now)
+          back = back + 1
+        elseif not soonest or deadline < soonest then
+          soonest = deadline
+        end
       end
-    end
-    if deadline and deadline < limit then
-      freed = unhold(id, w, 'running', h[3], str(lease)) or freed
-      local err = 'lease expired: no report ' .. str(timeout) .. ' ms after the start, plus ' ..
-        dead_after .. ' ms'
-      end_attempt(id, w, 'retry', err, now, now)
-      back = back + 1
-    elseif deadline and (not soonest or deadline < soonest) then
-      soonest = deadline
     end
   end
   if freed then index_worker(w) end

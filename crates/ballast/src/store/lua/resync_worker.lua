@@ -17,7 +17,7 @@ local w = ARGV[2]
 if redis.call('HGET', worker_key(w), 'epoch') ~= ARGV[3] then return {} end
 local now = now_ms()
 -- The held tokens tell assigned tasks from running ones without a read of each.
-local held, assigned = held_ids(w)
+local held, assigned, tokens = held_ids(w)
 local popped, out = {}, {}
 for i, id in ipairs(held) do
   if assigned[i] and not redis.call('LPOS', inbox_key(w), id) then popped[#popped + 1] = id end
@@ -27,11 +27,11 @@ end
 if #popped > 0 then claim(w, popped, #popped, now, out) end
 for i, id in ipairs(held) do
   if not assigned[i] then
-    local h = redis.call('HMGET', task_key(id), 'state', 'run', 'cost', 'spec')
-    local lease, attempts, _, _, held_by = run_of(h[2])
+    local h = redis.call('HMGET', task_key(id), 'state', 'run', 'spec')
+    local _, attempts, _, _, held_by = run_of(h[2])
     if h[1] == 'running' and held_by == w then
-      -- A running task's attempts count this run.
-      claimed_row(out, held_token(id, str(lease), h[3]), h[4], str(attempts))
+      -- Its token is the one it is held under; a running task's attempts count this run.
+      claimed_row(out, tokens[i], h[3], str(attempts))
     end
   end
 end

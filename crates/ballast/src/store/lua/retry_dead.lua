@@ -13,15 +13,15 @@ for i = 2, #ARGV do
   local id = ARGV[i]
   if redis.call('ZREM', KEYS[1], id) == 1 then
     local tk = task_key(id)
+    local h = redis.call('HMGET', tk, 'run', 'order')
     -- Its lease and runs go on counting; its attempts start again.
-    local lease, _, runs = run_of(redis.call('HGET', tk, 'run'))
-    redis.call('HSET', tk, 'state', 'pending', 'cut_short', 0, 'run',
-      run_text(str(lease), '0', str(runs), '-', ''))
+    local lease, _, runs = run_of(h[1])
+    redis.call('HSET', tk, 'state', 'pending', 'cut_short', 0, 'run', waiting_run(lease, 0, runs))
     -- A cancel request that came too late to stop the last run does not follow the task
     -- into its new life.
     redis.call('HDEL', tk, 'finished_at', 'error', 'result', 'assigned_at',
       'cancel_requested')
-    redis.call('ZADD', key('pending'), redis.call('HGET', tk, 'order'), id)
+    redis.call('ZADD', key('pending'), h[2], id)
     n = n + 1
   end
 end
