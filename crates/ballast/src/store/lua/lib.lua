@@ -50,8 +50,8 @@ local function worker_key(w) return P .. 'worker:' .. w end
 local function inbox_key(w) return P .. 'worker:' .. w .. ':inbox' end
 -- The tasks w holds, one token each: "<lease> <cost> <id>" while running, the same with an
 -- "a" in front while assigned. A token names the run, not just the task, so a finish is
--- fenced by one batched SMISMEMBER of its reports' tokens instead of a read of each task's
--- record, and the cost it frees comes with it. Lease and cost are digits, so the id
+-- fenced by one batched SREM of its reports' tokens instead of a read of each task's
+-- record (take_held()), and the cost it frees comes with it. Lease and cost are digits, so the id
 -- (whatever it holds) is the rest.
 local function held_key(w) return P .. 'worker:' .. w .. ':tasks' end
 -- `lease` and `cost` as text; `assigned`: not started yet.
@@ -1114,24 +1114,35 @@ local function finish_one(w, id, cost, outcome, body, delay, now, b)
 end
 
 -- Which of `tokens` (running tasks' held_token()s) worker w holds, 1 or 0 each in order,
--- taking them off its held set: one SMISMEMBER and one SREM per BATCH_ARGS. A token given
--- twice counts once; the SREMs' count tells whether any was, so a call without repeats
--- (every call but a confused one) never looks for them.
+-- taking them off its held set. One SREM per BATCH_ARGS answers for the usual call: when it
+-- takes off as many tokens as it was given, each was held, and none was given twice. When
+-- it takes off fewer (a report that is stale or repeated: the worker's task was taken back,
+-- or a reply was lost and the report sent again), each token is checked against its task's
+-- record, which tells the same as the set did before the SREM: a task runs on w under a
+-- lease exactly while w holds its running token, since every call that adds or removes
+-- the one writes the other (start(), take_held() with settle(), unhold() with requeue()
+-- or end_attempt()), and this call has written no record yet. A token given twice counts
+-- once.
 local function take_held(w, tokens)
   local hk, out, removed = held_key(w), {}, 0
   for i = 1, #tokens, BATCH_ARGS do
-    local last = math.min(i + BATCH_ARGS - 1, #tokens)
-    local r = redis.call('SMISMEMBER', hk, unpack(tokens, i, last))
-    removed = removed + redis.call('SREM', hk, unpack(tokens, i, last))
-    if i == 1 then out = r else for j = 1, #r do out[#out + 1] = r[j] end end
+    removed = removed
+      + redis.call('SREM', hk, unpack(tokens, i, math.min(i + BATCH_ARGS - 1, #tokens)))
   end
-  local held = 0
-  for i = 1, #out do held = held + out[i] end
-  if held > removed then
-    local seen = {}
-    for i, t in ipairs(tokens) do
-      if out[i] == 1 then
-        if seen[t] then out[i] = 0 else seen[t] = true end
+  if removed == #tokens then
+    for i = 1, #tokens do out[i] = 1 end
+    return out
+  end
+  local seen = {}
+  for i, t in ipairs(tokens) do
+    out[i] = 0
+    local lease, cost, id = string.match(t, '^(%d+) (%d+) (.*)$')
+    if id and not seen[t] then
+      local h = redis.call('HMGET', task_key(id), 'state', 'run', 'cost')
+      local l, _, _, _, held_by = run_of(h[2])
+      if h[1] == 'running' and held_by == w and l == num(lease) and h[3] == cost then
+        out[i] = 1
+        seen[t] = true
       end
     end
   end
