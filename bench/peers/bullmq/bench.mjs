@@ -1,5 +1,5 @@
 // BullMQ on the workloads of `ballast bench` (submit one by one, in batches of 1,000, and a
-// drain of pre-submitted no-op jobs by one worker at concurrency 16, 64, 256), with the
+// drain of pre-submitted no-op jobs by one worker at concurrency 16, 64, 256, 1024), with the
 // Redis CPU per job from INFO before and after. It starts its own redis-server on a unix
 // socket in a temporary folder (and flushes it between suites), so it never touches a Redis
 // you run. Usage: npm install && node bench.mjs [n]
@@ -43,7 +43,7 @@ async function addAll() {
 }
 await measure('submit one by one', N, async () => { for (let i = 0; i < N; i++) await q.add('noop', payload(i)); });
 await measure('submit bulk 1000', N, addAll);
-for (const conc of [16, 64, 256]) {
+for (const conc of [16, 64, 256, 1024]) {
   await measure(`drain c=${conc}`, N, () => new Promise((resolve) => {
     let done = 0;
     const w = new Worker('b', async () => 1, { connection: conn(), concurrency: conc });

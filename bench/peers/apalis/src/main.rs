@@ -1,7 +1,7 @@
 //! apalis 1.0 (apalis-redis 1.0) on the workloads of `ballast bench`: submit one by one,
 //! submit in batches of 1,000, a drain of pre-submitted no-op jobs by one worker at
-//! concurrency 16, 64 and 256, and pickup latency at 1,000 jobs/s. Each workload runs with
-//! apalis-redis's default `Config` and again with `lock_tasks(false)`.
+//! concurrency 16, 64, 256 and 1024, and pickup latency at 1,000 jobs/s. Each workload runs
+//! with apalis-redis's default `Config` and again with `lock_tasks(false)`.
 //!
 //! It starts a private redis-server on a unix socket in a temporary folder (FLUSHALL
 //! between workloads), so it never touches a Redis you run, and reads Redis CPU and
@@ -634,7 +634,7 @@ async fn main() -> Res<()> {
         for bulk in [false, true] {
             rows.push(submit(&url, &mut admin, setting, &cfg, n, bulk).await?);
         }
-        for conc in [16, 64, 256] {
+        for conc in [16, 64, 256, 1024] {
             // The library's own path first; if its fetch fails on the backlog, the same
             // drain again with the backlog promoted by the benchmark (see promote_backlog).
             let native = drain(&url, &mut admin, setting, &cfg, n, conc, false).await?;

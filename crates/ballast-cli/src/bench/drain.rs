@@ -20,7 +20,7 @@ pub async fn run(url: Option<&str>, a: &BenchArgs) -> Result<Value, CliError> {
     } else if a.quick {
         vec![8, 32]
     } else {
-        vec![16, 64, 256]
+        vec![16, 64, 256, 1024]
     };
     // Every task is kept until counted, however many there are (retention would drop
     // the oldest past its count).

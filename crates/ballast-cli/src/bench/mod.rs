@@ -41,7 +41,7 @@ pub struct BenchArgs {
     /// Seconds the latency suite runs.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
-    /// Worker capacities the drain suite sweeps (repeatable) [default: 16, 64, 256].
+    /// Worker capacities the drain suite sweeps (repeatable) [default: 16, 64, 256, 1024].
     #[arg(long = "capacity", value_parser = clap::value_parser!(u64).range(1..=4096))]
     capacities: Vec<u64>,
     /// Small sizes everywhere, to check the bench itself runs.
