@@ -360,15 +360,22 @@ local function spec_of(max_attempts, timeout_ms, kind, role, payload)
   if role then return head .. ' ' .. role .. '\n' .. payload end
   return head .. '\n' .. payload
 end
--- The timeout of one attempt (ms, a number), from the spec: found with two plain finds (a
--- pattern match costs twice as much), and turned into a number once per distinct text (a
--- queue's tasks share a few timeouts, and strtod costs more than the finds). At most 64
--- texts are kept, for the library's life. A spec not in this shape (a record of a version
--- before it, which this one does not serve) gets TaskSpec's default timeout, as
--- max_attempts_of() gives it one attempt: the call goes on instead of failing halfway.
+-- The timeout of one attempt (ms, a number), from the spec. A queue's tasks share a few
+-- heads, so the last head read is kept as an anchored pattern of digits and spaces
+-- ("^3 300000 "): a spec that begins with it is answered by one find, which makes no string
+-- (start() writes that check out). Another is read with two plain finds (a pattern match
+-- with captures costs twice as much), its timeout turned into a number once per distinct
+-- text (strtod costs more than the finds; at most 64 texts are kept, for the library's
+-- life). A spec not in this shape (a record of a version before it, which this one does not
+-- serve) gets TaskSpec's default timeout, as max_attempts_of() gives it one attempt: the
+-- call goes on instead of failing halfway.
 local TIMEOUTS, timeouts_kept, DEFAULT_TIMEOUT = {}, 0, 300000
+-- '^$' matches no spec that has a timeout.
+local last_head, last_timeout = '^$', DEFAULT_TIMEOUT
 local function timeout_of(spec)
-  local a = spec and string.find(spec, ' ', 2, true)
+  if not spec then return DEFAULT_TIMEOUT end
+  if string.find(spec, last_head) then return last_timeout end
+  local a = string.find(spec, ' ', 2, true)
   local z = a and string.find(spec, ' ', a + 2, true)
   if not z then return DEFAULT_TIMEOUT end
   local text = string.sub(spec, a + 1, z - 1)
@@ -378,6 +385,8 @@ local function timeout_of(spec)
     if not t then return DEFAULT_TIMEOUT end
     if timeouts_kept < 64 then TIMEOUTS[text], timeouts_kept = t, timeouts_kept + 1 end
   end
+  local head = string.sub(spec, 1, z)
+  if string.find(head, '^%d+ %d+ $') then last_head, last_timeout = '^' .. head, t end
   return t
 end
 -- The attempts a task allows, from its spec. A record without one (written by a version
@@ -434,7 +443,9 @@ local function start(tk, id, w, attempts, runs, spec, cost, lease, now, b, lists
   -- The lease: when the attempt must be over by (started_at + timeout_ms). The worker's own
   -- timer stops the handler first; recovery expires the lease if a hung worker never
   -- reports, and finds it through the worker's entry in the leases index.
-  local due, soonest = now + timeout_of(spec), b.soonest[w]
+  -- timeout_of()'s first check written out: most specs begin with the last head read.
+  local timeout = spec and string.find(spec, last_head) and last_timeout or timeout_of(spec)
+  local due, soonest = now + timeout, b.soonest[w]
   if not soonest or due < soonest then b.soonest[w] = due end
   b.running = b.running + 1
   -- claimed_row(), written out.
