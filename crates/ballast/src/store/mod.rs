@@ -1175,7 +1175,15 @@ impl Store {
                 .arg(body)
                 .arg(ms(delay));
         }
-        let (flags, rows): (Vec<i64>, Vec<String>) = call.invoke_async(&mut conn).await?;
+        let (recorded, rows): (redis::Value, Vec<String>) = call.invoke_async(&mut conn).await?;
+        // Reports all recorded (the usual answer) come back as their number, others as a
+        // flag per report.
+        let flags: Vec<i64> = match recorded {
+            redis::Value::Int(n) if usize::try_from(n) == Ok(reports.len()) => {
+                vec![1; reports.len()]
+            }
+            other => redis::from_redis_value(other).map_err(redis::RedisError::from)?,
+        };
         let mut recorded = vec![false; reports.len()];
         for (i, flag) in wins.iter().chain(&rest).zip(flags) {
             recorded[*i] = flag == 1;

@@ -27,9 +27,11 @@
 -- is no longer the worker's (declared dead, perhaps replaced by a new process under the same
 -- id) claims nothing, or it would start the new incarnation's tasks.
 --
--- Returns {recorded, claimed}: recorded[i] is 1, or 0 when the i-th report (successes
--- first) was stale (taken back, nothing written for it) or repeated a report before it in
--- the call; claimed has the shape claim_tasks.lua returns.
+-- Returns {recorded, claimed}: recorded is the number of reports when each was recorded (the
+-- usual answer, one integer however many there are), else a list: its i-th entry is 1, or
+-- 0 when the i-th report (successes first) was stale (taken back, nothing written for it)
+-- or repeated a report before it in the call; claimed has the shape claim_tasks.lua
+-- returns.
 
 local w, epoch, claim_max = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
@@ -45,13 +47,15 @@ for i = others, #ARGV, 6 do
   k = k + 1
   tokens[k] = ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' ' .. ARGV[i]
 end
+-- true, or a list of 1 and 0.
 local recorded = take_held(w, tokens)
+local all = recorded == true
 k = 0
 -- b.done is replaced only by finish_done(), below.
 local done = b.done
 for i = 6, others - 1, 4 do
   k = k + 1
-  if recorded[k] == 1 then
+  if all or recorded[k] == 1 then
     -- finish_one() for a success, written out: this runs for every task that succeeds.
     local id = ARGV[i]
     done[#done + 1] = id
@@ -62,7 +66,7 @@ for i = 6, others - 1, 4 do
 end
 for i = others, #ARGV, 6 do
   k = k + 1
-  if recorded[k] == 1 then
+  if all or recorded[k] == 1 then
     finish_one(w, ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], now, b)
   end
 end
@@ -80,4 +84,4 @@ if me then
   claimed = me.out
   if me.n < claim_max then claim(w, {}, claim_max - me.n, now, claimed) end
 end
-return { recorded, claimed }
+return { all and #tokens or recorded, claimed }

@@ -1124,8 +1124,8 @@ local function finish_one(w, id, cost, outcome, body, delay, now, b)
   end
 end
 
--- Which of `tokens` (running tasks' held_token()s) worker w holds, 1 or 0 each in order,
--- taking them off its held set. One SREM per BATCH_ARGS answers for the usual call: when it
+-- Which of `tokens` (running tasks' held_token()s) worker w holds, taking them off its held
+-- set: true when it held them all, else a list of 1 or 0 in their order. One SREM per BATCH_ARGS answers for the usual call: when it
 -- takes off as many tokens as it was given, each was held, and none was given twice. When
 -- it takes off fewer (a report that is stale or repeated: the worker's task was taken back,
 -- or a reply was lost and the report sent again), each token is checked against its task's
@@ -1140,10 +1140,7 @@ local function take_held(w, tokens)
     removed = removed
       + redis.call('SREM', hk, unpack(tokens, i, math.min(i + BATCH_ARGS - 1, #tokens)))
   end
-  if removed == #tokens then
-    for i = 1, #tokens do out[i] = 1 end
-    return out
-  end
+  if removed == #tokens then return true end
   local seen = {}
   for i, t in ipairs(tokens) do
     out[i] = 0
