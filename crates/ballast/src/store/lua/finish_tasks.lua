@@ -51,19 +51,29 @@ end
 local recorded = take_held(w, tokens)
 local all = recorded == true
 k = 0
--- b.done is replaced only by finish_done(), below.
-local done = b.done
+-- b.done is replaced only by finish_done(), below; b.events and the succeeded list only by
+-- its flush.
+local done, events, succeeded, wins = b.done, b.events, nil, 0
+local finished_at = ts(now)
 for i = 6, others - 1, 4 do
   k = k + 1
   if all or recorded[k] == 1 then
-    -- finish_one() for a success, written out: this runs for every task that succeeds.
-    local id = ARGV[i]
+    -- finish_one() and settle() for a success, written out: this runs for every task that
+    -- succeeds.
+    local id, result = ARGV[i], ARGV[i + 3]
     done[#done + 1] = id
     local cost = ARGV[i + 2]
     b.freed = b.freed + (INT[cost] or tonumber(cost))
-    settle(id, 'succeeded', 'result', ARGV[i + 3], now, b)
+    redis.call('HSET', P .. 'task:' .. id, 'state', 'succeeded', 'finished_at', finished_at,
+      'result', result)
+    if not succeeded then succeeded = batch_list(b, 'rpush', key('succeeded')) end
+    succeeded[#succeeded + 1] = id
+    events[#events + 1] = id
+    wins = wins + 1
+    if string.find(id, '-', 1, true) then job_task_settled(id, 'succeeded', result, now) end
   end
 end
+if wins > 0 then b.settled.succeeded = (b.settled.succeeded or 0) + wins end
 for i = others, #ARGV, 6 do
   k = k + 1
   if all or recorded[k] == 1 then

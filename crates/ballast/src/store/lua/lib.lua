@@ -828,6 +828,8 @@ end
 -- ids, space-separated). `b`: a batch that takes its index entry and event (the caller
 -- flushes it and trims with flush_settled()), or nil for a batch of its own, written at
 -- once. `job`: NO_JOB when the task's job is known to have ended (nothing to tell it).
+-- finish_tasks.lua writes out the path of a success reported by its worker: what changes
+-- here changes there.
 local function settle(id, state, field, body, now, b, job)
   -- task_key() and ts(), written out: this runs for every task that ends.
   redis.call('HSET', P .. 'task:' .. id, 'state', state, 'finished_at',
