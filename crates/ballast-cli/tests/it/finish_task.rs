@@ -388,3 +388,50 @@ async fn finished_tasks_past_their_age_go_oldest_first_as_new_ones_finish() {
     }
     env.assert_sound(Q).await;
 }
+
+/// A report must name its run as the held set does: a lease written with a leading zero
+/// ("01" for lease 1) is not the token the worker holds, even though the record's lease
+/// reads as the same number. Sent the way a client other than ballast's could send it.
+#[tokio::test]
+async fn a_lease_written_otherwise_than_the_held_token_is_stale() {
+    let mut env = Env::start().await;
+    let t = running(&mut env, 2, 1).await;
+    let before = env.snapshot().await;
+    // FUNCTION LIST: one entry per library, ["library_name", name, "engine", ...].
+    let listing: Vec<Vec<redis::Value>> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut env.raw)
+        .await
+        .expect("function list");
+    let lib: String = redis::from_redis_value(listing[0][1].clone()).expect("library name");
+    assert!(lib.starts_with("ballast_"), "{lib}");
+    // finish_tasks.lua: P, worker, epoch, claim max, one success (id, lease, cost, result).
+    let epoch: String = env
+        .raw
+        .hget(qkey(Q, "worker:w"), "epoch")
+        .await
+        .expect("epoch");
+    let (recorded, claimed): (redis::Value, Vec<String>) = redis::cmd("FCALL")
+        .arg(format!("{lib}_finish_tasks"))
+        .arg(1)
+        .arg(qkey(Q, "worker:w"))
+        .arg(qkey(Q, ""))
+        .arg("w")
+        .arg(epoch)
+        .arg(0)
+        .arg(1)
+        .arg(&t.id)
+        .arg(format!("0{}", t.lease))
+        .arg(t.cost)
+        .arg("1")
+        .query_async(&mut env.raw)
+        .await
+        .expect("fcall");
+    assert_eq!(recorded, redis::Value::Array(vec![redis::Value::Int(0)]));
+    assert!(claimed.is_empty());
+    assert_eq!(env.snapshot().await, before);
+    // The run's own token still finishes it.
+    assert!(env.finish(Q, "w", &t, 0).await.is_empty());
+    assert_eq!(env.task_hash(Q, &t.id).await["state"], "succeeded");
+    env.assert_sound(Q).await;
+}

@@ -23,9 +23,10 @@
 -- Outcomes are fenced by their leases alone: a result is as good from a process declared
 -- dead as from any other, as long as its task was not taken back. The fence is the worker's
 -- held set: it holds the token of each run (lease, cost and id), so one SREM answers for
--- every report of the call when it takes them all off (lib.lua's take_held()). Claiming is fenced by the epoch too: a process whose epoch
--- is no longer the worker's (declared dead, perhaps replaced by a new process under the same
--- id) claims nothing, or it would start the new incarnation's tasks.
+-- every report of the call when it takes them all off (lib.lua's take_held()). Claiming is
+-- fenced by the epoch too: a process whose epoch is no longer the worker's (declared dead,
+-- perhaps replaced by a new process under the same id) claims nothing, or it would start
+-- the new incarnation's tasks.
 --
 -- Returns {recorded, claimed}: recorded is the number of reports when each was recorded (the
 -- usual answer, one integer however many there are), else a list: its i-th entry is 1, or

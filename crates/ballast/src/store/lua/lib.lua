@@ -51,8 +51,8 @@ local function inbox_key(w) return P .. 'worker:' .. w .. ':inbox' end
 -- The tasks w holds, one token each: "<lease> <cost> <id>" while running, the same with an
 -- "a" in front while assigned. A token names the run, not just the task, so a finish is
 -- fenced by one batched SREM of its reports' tokens instead of a read of each task's
--- record (take_held()), and the cost it frees comes with it. Lease and cost are digits, so the id
--- (whatever it holds) is the rest.
+-- record (take_held()), and the cost it frees comes with it. Lease and cost are digits, so
+-- the id (whatever it holds) is the rest.
 local function held_key(w) return P .. 'worker:' .. w .. ':tasks' end
 -- `lease` and `cost` as text; `assigned`: not started yet.
 local function held_token(id, lease, cost, assigned)
@@ -1127,15 +1127,19 @@ local function finish_one(w, id, cost, outcome, body, delay, now, b)
 end
 
 -- Which of `tokens` (running tasks' held_token()s) worker w holds, taking them off its held
--- set: true when it held them all, else a list of 1 or 0 in their order. One SREM per BATCH_ARGS answers for the usual call: when it
--- takes off as many tokens as it was given, each was held, and none was given twice. When
--- it takes off fewer (a report that is stale or repeated: the worker's task was taken back,
--- or a reply was lost and the report sent again), each token is checked against its task's
--- record, which tells the same as the set did before the SREM: a task runs on w under a
--- lease exactly while w holds its running token, since every call that adds or removes
--- the one writes the other (start(), take_held() with settle(), unhold() with requeue()
--- or end_attempt()), and this call has written no record yet. A token given twice counts
--- once.
+-- set: true when it held them all, else a list of 1 or 0 in their order. One SREM per
+-- BATCH_ARGS answers for the usual call: when it takes off as many tokens as it was given,
+-- each was held, and none was given twice. When it takes off fewer (a report that is stale
+-- or repeated: the worker's task was taken back, or a reply was lost and the report sent
+-- again), each token is checked against its task's record, which tells what the set did
+-- before the SREM: a task runs on w under a lease exactly while w holds its running token.
+-- Every call that adds or removes the one writes the other (start() swaps an assigned
+-- token for a running one as it marks the task running; take_held() goes with settle() or
+-- end_attempt(), unhold() with requeue() or recovery's end_attempt(); cancel() unholds only
+-- assigned tasks; release_worker() requeues every held task before it deletes the set), and
+-- this call has written no record yet. The token's text must be the record's own (lease and
+-- cost as they are written, no leading zeros), as it must be to match a member of the set.
+-- A token given twice counts once.
 local function take_held(w, tokens)
   local hk, out, removed = held_key(w), {}, 0
   for i = 1, #tokens, BATCH_ARGS do
@@ -1150,7 +1154,7 @@ local function take_held(w, tokens)
     if id and not seen[t] then
       local h = redis.call('HMGET', task_key(id), 'state', 'run', 'cost')
       local l, _, _, _, held_by = run_of(h[2])
-      if h[1] == 'running' and held_by == w and l == num(lease) and h[3] == cost then
+      if h[1] == 'running' and held_by == w and str(l) == lease and h[3] == cost then
         out[i] = 1
         seen[t] = true
       end
