@@ -510,26 +510,6 @@ local function view_max_free(v)
   return best
 end
 
--- The usable worker with the most free capacity that fits `cost` (no tags), or nil when
--- none fits; false when the view cannot tell.
-local function view_pick(v, cost, reserved, id)
-  if not v.loaded then view_load(v) end
-  local best, best_score = nil, -1
-  local ws, free, tie = v.ws, v.free, v.tie
-  -- A numeric loop and usable() written out: this runs for every untagged task placed.
-  for i = 1, #ws do
-    local w = ws[i]
-    local f, r = free[w], reserved[w]
-    if f >= cost and (r == nil or r == id) then
-      local s = f * SHIFT + tie[w]
-      if s > best_score then best, best_score = w, s end
-    end
-  end
-  if best_score > v.bound then return best end
-  if v.bound < 0 then return nil end
-  return false
-end
-
 -- Assignment ticks (the tie-break) for one call: the counter is read once and written back
 -- by save_ticks() at the end of the call.
 local function tick_source()
@@ -666,7 +646,27 @@ local function place(now, me, got)
         local cost, tags = INT[h[1]] or tonumber(h[1]), NO_TAGS
         if h[2] then tags = split_tags(h[2]) end
         local w
-        if #tags == 0 then w = view_pick(v, cost, reserved, id) end
+        if #tags == 0 then
+          -- From the view: the usable worker with the most free capacity that fits `cost`,
+          -- nil when none fits, false when the view cannot tell. Written out, with a numeric
+          -- loop and usable() written out too: this runs for every untagged task placed.
+          if not v.loaded then view_load(v) end
+          local best, best_score = nil, -1
+          local ws, free, tie = v.ws, v.free, v.tie
+          for k = 1, #ws do
+            local c = ws[k]
+            local f, r = free[c], reserved[c]
+            if f >= cost and (r == nil or r == id) then
+              local score = f * SHIFT + tie[c]
+              if score > best_score then best, best_score = c, score end
+            end
+          end
+          if best_score > v.bound then
+            w = best
+          elseif v.bound >= 0 then
+            w = false
+          end
+        end
         if #tags > 0 or w == false then
           view_sync(v)
           w = best_fit(cost, tags, reserved, id)
