@@ -109,7 +109,10 @@ async fn a_task_asked_to_stop_is_not_retried_and_a_revived_one_forgets_the_reque
     let t = env.claim(Q, "w", 1).await.remove(0);
     env.store.cancel_task(Q, &dead).await.expect("cancel");
     let failed = Outcome::Failed("broken".into());
-    env.report(Q, "w", &t, &failed, 0).await;
+    assert_eq!(
+        env.report(Q, "w", &t, &failed, 0).await,
+        Finish::Recorded(vec![])
+    );
     assert_eq!(env.task_hash(Q, &dead).await["cancel_requested"], "1");
     assert_eq!(
         env.store
@@ -123,7 +126,10 @@ async fn a_task_asked_to_stop_is_not_retried_and_a_revived_one_forgets_the_reque
         .await
         .contains_key("cancel_requested"));
     let t = env.claim(Q, "w", 1).await.remove(0);
-    env.report(Q, "w", &t, &retry, 0).await;
+    assert_eq!(
+        env.report(Q, "w", &t, &retry, 0).await,
+        Finish::Recorded(vec![])
+    );
     assert_eq!(env.task_hash(Q, &dead).await["state"], "scheduled");
     env.assert_sound(Q).await;
 }

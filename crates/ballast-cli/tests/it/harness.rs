@@ -369,6 +369,7 @@ impl Env {
 
     /// Reports `outcome` for a claimed task under the worker's current epoch, claiming up to
     /// `claim_max` next tasks; returns what Redis answered (recorded or stale).
+    #[must_use]
     pub async fn report(
         &self,
         queue: &str,
@@ -423,6 +424,7 @@ impl Env {
 
     /// Drains or removes the worker under its current epoch; returns how many tasks it
     /// handed back, or `None` when Redis refused the epoch.
+    #[must_use]
     pub async fn leave(&self, queue: &str, w: &str, how: Leave) -> Option<u64> {
         self.store
             .leave_worker(queue, w, self.epoch(queue, w).await, how)

@@ -50,7 +50,7 @@ async fn unknown_worker_returns_false_and_writes_nothing() {
 
     // A removed worker is unknown too: it must register again.
     env.register(Q, "w", 2, &[]).await;
-    env.leave(Q, "w", Leave::Remove).await;
+    assert_eq!(env.leave(Q, "w", Leave::Remove).await, Some(0));
     let before = env.snapshot().await;
     assert!(env.beat(Q, "w").await.is_none());
     assert_eq!(env.snapshot().await, before);
@@ -62,7 +62,7 @@ async fn unknown_worker_returns_false_and_writes_nothing() {
 async fn a_draining_worker_still_beats_and_stays_out_of_the_free_index() {
     let mut env = Env::start().await;
     env.register(Q, "w", 2, &[]).await;
-    env.leave(Q, "w", Leave::Drain).await;
+    assert_eq!(env.leave(Q, "w", Leave::Drain).await, Some(0));
     let lo = env.now_ms().await;
     assert!(env.beat(Q, "w").await.is_some());
     let hi = env.now_ms().await;

@@ -134,7 +134,8 @@ async fn a_worker_declared_dead_is_fenced_out() {
     let stale = env.claim(Q, "paused", 1).await.remove(0);
     env.register(Q, "other", 1, &[]).await;
     env.age_heartbeat(Q, "paused", 10_000).await;
-    recover(&env).await;
+    // "paused" is declared dead and its task goes back (to "other").
+    assert_eq!(recover(&env).await, (1, 1));
     let fresh = env.claim(Q, "other", 1).await.remove(0);
     assert_eq!((fresh.id.as_str(), fresh.lease), (id.as_str(), 2));
 
@@ -235,6 +236,7 @@ async fn forget_worker(env: &mut Env, w: &str) {
 }
 
 /// One recovery step with the tests' dead-after: {workers declared dead, tasks handed back}.
+#[must_use]
 async fn recover(env: &Env) -> (u64, u64) {
     env.store
         .recover_workers(Q, DEAD_AFTER)
@@ -444,7 +446,7 @@ async fn a_due_leases_entry_moves_to_the_soonest_deadline_left_then_goes() {
     // Once nothing runs on the worker, a due entry goes.
     env.finish(Q, "w", b, 0).await;
     due_at(&mut env, "w", past).await;
-    recover(&env).await;
+    assert_eq!(recover(&env).await, (0, 0));
     assert!(env.zscores(Q, "leases").await.is_empty());
     assert_eq!(env.store.counts(Q).await.expect("counts").running, 0);
     env.assert_sound(Q).await;
@@ -529,7 +531,8 @@ async fn an_expired_lease_of_a_task_asked_to_stop_cancels_it() {
     env.store.cancel_task(Q, &id).await.expect("cancel");
     // The lease ran out long ago (more than dead-after) while the worker kept beating.
     expire_lease(&mut env, &id).await;
-    recover(&env).await;
+    // No worker is dead; one lease expired.
+    assert_eq!(recover(&env).await, (0, 1));
     let t = env.task_record(Q, &id).await;
     assert_eq!(t.state, TaskState::Cancelled);
     assert!(

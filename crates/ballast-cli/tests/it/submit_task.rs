@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ballast::store::Outcome;
+use ballast::store::{Finish, Outcome};
 use ballast::{Placement, QueueCounts, TaskSpec, TaskState};
 use serde_json::json;
 
@@ -466,7 +466,10 @@ async fn a_repeated_id_is_told_where_its_task_stands_now() {
         error: "later".into(),
         delay: Duration::from_secs(60),
     };
-    env.report(Q, "w", &t, &retry, 0).await;
+    assert_eq!(
+        env.report(Q, "w", &t, &retry, 0).await,
+        Finish::Recorded(vec![])
+    );
     assert_eq!(put(&env, retried).await.1, Placement::Scheduled);
     // Cancelled before it started.
     let busy = task(Q, 1);
