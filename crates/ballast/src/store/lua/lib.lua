@@ -1016,19 +1016,21 @@ end
 -- Returns whether the task was still held (and so taken off w). The caller calls place().
 local function requeue(id, w, now)
   local tk = task_key(id)
-  local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'run', 'spec', 'cancel_requested')
+  local h = redis.call('HMGET', tk, 'cost', 'order', 'state', 'run', 'cancel_requested')
   -- Only a task still held: one that ended meanwhile (a job that failed cancels its other
   -- tasks, including those this loop has yet to reach) stays as it is.
   if h[3] ~= 'assigned' and h[3] ~= 'running' then return false end
   local lease, attempts, runs = run_of(h[4])
   unhold(id, w, h[3], h[1], str(lease))
-  if h[6] == '1' then
+  if h[5] == '1' then
     settle(id, 'cancelled', 'error', 'cancelled while its worker was lost', now)
     return true
   end
   redis.call('HINCRBY', tk, 'requeues', 1)
   if h[3] == 'running' then
-    local cut, max_attempts = redis.call('HINCRBY', tk, 'cut_short', 1), max_attempts_of(h[5])
+    -- The spec (payload and all) is read only here, where its max attempts are needed.
+    local cut = redis.call('HINCRBY', tk, 'cut_short', 1)
+    local max_attempts = max_attempts_of(redis.call('HGET', tk, 'spec'))
     append_history(tk, { attempt = attempts, worker = w, finished_at = now,
       outcome = 'lost', error = 'the run was cut short (worker lost, drained or replaced)' })
     if cut <= max_attempts then
