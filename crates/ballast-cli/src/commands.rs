@@ -124,9 +124,9 @@ pub struct RetentionArgs {
     /// Succeeded (and cancelled) tasks to keep.
     #[arg(long, default_value_t = ballast::store::RETAIN_COUNT)]
     keep: u64,
-    /// How long to keep them (the default is a week).
-    #[arg(long, default_value = "7days", value_parser = parse_duration)]
-    age: Duration,
+    /// How long to keep them.
+    #[arg(long, default_value_t = ballast::store::RETAIN_AGE.into(), value_parser = parse_age)]
+    age: humantime::Duration,
 }
 
 /// `ballast cancel`.
@@ -168,6 +168,11 @@ pub struct StatusArgs {
 /// Parses a duration such as `250ms`, `5s`, `2m` or `1h 30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 5s, 2m)"))
+}
+
+/// A duration that prints as it was given (the retention age's default shows as `7days`).
+fn parse_age(s: &str) -> Result<humantime::Duration, String> {
+    parse_duration(s).map(Into::into)
 }
 
 /// Parses an RFC 3339 time such as `2026-11-21T12:00:00Z`.
@@ -381,13 +386,13 @@ pub async fn cancel(url: &str, a: CancelArgs) -> Result<(), CliError> {
 pub async fn retention(url: &str, a: RetentionArgs) -> Result<(), CliError> {
     ballast::task::check_name("queue", &a.queue).map_err(ballast::Error::from)?;
     let store = Store::connect(url).await?;
-    store.set_retention(&a.queue, a.keep, a.age).await?;
+    store.set_retention(&a.queue, a.keep, *a.age).await?;
     println!(
         "{}: keeping up to {} succeeded and {} cancelled tasks for {}",
         a.queue,
         a.keep,
         a.keep,
-        humantime::format_duration(a.age)
+        humantime::format_duration(*a.age)
     );
     Ok(())
 }
