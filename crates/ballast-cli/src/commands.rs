@@ -170,7 +170,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 5s, 2m)"))
 }
 
-/// A duration that prints as it was given (the retention age's default shows as `7days`).
+/// A duration clap can show as a default (the retention age's shows as `7days`).
 fn parse_age(s: &str) -> Result<humantime::Duration, String> {
     parse_duration(s).map(Into::into)
 }

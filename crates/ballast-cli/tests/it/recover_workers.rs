@@ -235,7 +235,8 @@ async fn forget_worker(env: &mut Env, w: &str) {
     }
 }
 
-/// One recovery step with the tests' dead-after: {workers declared dead, tasks handed back}.
+/// One recovery step with the tests' dead-after: {workers declared dead, tasks handed back
+/// or whose attempt ended with its lease}.
 #[must_use]
 async fn recover(env: &Env) -> (u64, u64) {
     env.store
@@ -452,18 +453,17 @@ async fn a_due_leases_entry_moves_to_the_soonest_deadline_left_then_goes() {
     env.assert_sound(Q).await;
 }
 
-/// Lua keeps the head of the last spec it read ("3 30000 "), and a spec that begins with it
-/// takes its timeout: a head that only begins like it ("3 300000 ") must not.
+/// Lua keeps the head of the last spec it read ("3 3000 "), and a spec that begins with it
+/// takes its timeout: a head that only begins like it ("3 30000 ") must not. Neither is
+/// the default timeout, which a spec read wrongly would fall back to.
 #[tokio::test]
 async fn a_timeout_that_begins_like_the_last_one_read_is_read_whole() {
     let mut env = Env::start().await;
     env.register(Q, "w", 2, &[]).await;
     let long = env
-        .submit(task(Q, 1).timeout(Duration::from_secs(300)))
-        .await;
-    let short = env
         .submit(task(Q, 1).timeout(Duration::from_secs(30)))
         .await;
+    let short = env.submit(task(Q, 1).timeout(Duration::from_secs(3))).await;
     // Started in submission order: the short task's head is the last read.
     let claimed = env.claim(Q, "w", 2).await;
     assert_eq!(
@@ -474,11 +474,11 @@ async fn a_timeout_that_begins_like_the_last_one_read_is_read_whole() {
     env.finish(Q, "w", &claimed[1], 0).await;
     let past = env.now_ms().await - 10_000;
     due_at(&mut env, "w", past).await;
-    // Recovery reads the long task's spec: its deadline is 300 s after its start.
+    // Recovery reads the long task's spec: its deadline is 30 s after its start.
     assert_eq!(recover(&env).await, (0, 0));
     assert_eq!(
         env.zscores(Q, "leases").await,
-        vec![("w".to_string(), (started + 300_000) as f64)]
+        vec![("w".to_string(), (started + 30_000) as f64)]
     );
     env.assert_sound(Q).await;
 }

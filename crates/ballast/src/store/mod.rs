@@ -1220,8 +1220,8 @@ impl Store {
     /// Declares dead the workers whose last heartbeat is older than `dead_after`, hands
     /// their tasks back (without using attempts) and places them; fails attempts whose lease
     /// expired; sweeps a bounded step of orphans at most once per `dead_after` for the queue.
-    /// Idempotent: every worker may run it at once. Returns
-    /// `(workers declared dead, tasks handed back)`.
+    /// Idempotent: every worker may run it at once. Returns `(workers declared dead, tasks
+    /// handed back or whose attempt ended with its lease)`.
     pub async fn recover_workers(&self, queue: &str, dead_after: Duration) -> Result<(u64, u64)> {
         let p = prefix(queue);
         let mut conn = self.conn.clone();
