@@ -6,7 +6,9 @@ use ballast::store::{ClaimedTask, Finish, Leave, Outcome};
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::harness::{expect_keys, free_score, qkey, strmap, take_time, task, Env};
+use crate::harness::{
+    expect_keys, free_score, function_libraries, qkey, strmap, take_time, task, Env,
+};
 
 const Q: &str = "jobs";
 
@@ -398,13 +400,7 @@ async fn a_lease_written_otherwise_than_the_held_token_is_stale() {
     let mut env = Env::start().await;
     let t = running(&mut env, 2, 1).await;
     let before = env.snapshot().await;
-    // FUNCTION LIST: one entry per library, ["library_name", name, "engine", ...].
-    let listing: Vec<Vec<redis::Value>> = redis::cmd("FUNCTION")
-        .arg("LIST")
-        .query_async(&mut env.raw)
-        .await
-        .expect("function list");
-    let lib: String = redis::from_redis_value(listing[0][1].clone()).expect("library name");
+    let lib = function_libraries(&mut env).await.remove(0).0;
     assert!(lib.starts_with("ballast_"), "{lib}");
     let epoch: String = env
         .raw

@@ -226,10 +226,10 @@ pub const SHIFT: f64 = 4_294_967_296.0;
 /// Pending-order score multiplier (lib.lua `ORDER_SHIFT`).
 pub const ORDER_SHIFT: i64 = 1 << 40;
 
-/// Key `name` of `queue`: `ballast:{queue}:<name>`.
 /// The parts of a task's `run` field, in order (lib.lua's run_text()).
 const RUN_PARTS: [&str; 5] = ["lease", "attempts", "runs", "started_at", "worker"];
 
+/// Key `name` of `queue`: `ballast:{queue}:<name>`.
 pub fn qkey(queue: &str, name: &str) -> String {
     format!("{}{name}", prefix(queue))
 }
@@ -417,6 +417,7 @@ impl Env {
 
     /// Reports several outcomes of worker `w` in one call under its current epoch, claiming
     /// up to `claim_max` next tasks; returns which were recorded and the claimed tasks.
+    #[must_use]
     pub async fn report_many(
         &self,
         queue: &str,
@@ -495,4 +496,28 @@ pub async fn epoch_of(store: &Store, queue: &str, w: &str) -> u64 {
         .into_iter()
         .find(|r| r.id == w)
         .map_or(0, |r| r.epoch)
+}
+
+/// The function libraries `FUNCTION LIST` shows, each as its name and the names of its
+/// functions (RESP2 gives each entry as a flat key-value array, RESP3 as a map: both read).
+pub async fn function_libraries(env: &mut Env) -> Vec<(String, Vec<String>)> {
+    let libraries: Vec<BTreeMap<String, redis::Value>> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut env.raw)
+        .await
+        .expect("list");
+    libraries
+        .iter()
+        .map(|lib| {
+            let name: String =
+                redis::from_redis_value_ref(&lib["library_name"]).expect("library_name");
+            let functions: Vec<BTreeMap<String, redis::Value>> =
+                redis::from_redis_value_ref(&lib["functions"]).expect("functions");
+            let names = functions
+                .iter()
+                .map(|f| redis::from_redis_value_ref(&f["name"]).expect("function name"))
+                .collect();
+            (name, names)
+        })
+        .collect()
 }

@@ -12,7 +12,7 @@ use ballast::{Client, Placement, QueueCounts, Store, TaskSpec, TaskState};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::harness::{epoch_of, Env};
+use crate::harness::{epoch_of, qkey, Env};
 
 const Q: &str = "race";
 
@@ -410,7 +410,7 @@ async fn the_same_batch_submitted_concurrently_is_stored_once() {
             }
         }
     }
-    let seq: i64 = redis::AsyncCommands::get(&mut env.raw, format!("{}seq", prefix(Q)))
+    let seq: i64 = redis::AsyncCommands::get(&mut env.raw, qkey(Q, "seq"))
         .await
         .expect("seq");
     assert_eq!(seq, 100);

@@ -253,11 +253,11 @@ async fn due_at(env: &mut Env, w: &str, at: i64) {
 /// Moves task `id`'s lease 10 s into the past (server clock), as if its worker hung: its
 /// start goes back by its timeout and 10 s, and its worker's leases entry with it.
 async fn expire_lease(env: &mut Env, id: &str) {
-    let h = env.task_hash(Q, id).await;
+    let w = env.worker_of(Q, id).await.expect("a worker");
     let timeout = env.task_record(Q, id).await.timeout_ms;
     let past = env.now_ms().await - 10_000;
     env.set_run_part(Q, id, "started_at", past - timeout).await;
-    due_at(env, &h["worker"], past).await;
+    due_at(env, &w, past).await;
 }
 
 #[tokio::test]

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use ballast::store::{prefix, Cancel, ClaimedTask, Finish, Outcome};
+use ballast::store::{Cancel, ClaimedTask, Finish, Outcome};
 use ballast::{JobHeader, JobState, TaskState};
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::harness::Env;
+use crate::harness::{qkey, Env};
 
 const Q: &str = "jobs";
 
@@ -33,8 +33,7 @@ async fn finish(env: &Env, w: &str, t: &ClaimedTask, outcome: Outcome) {
 async fn a_job_appears_whole_with_its_map_tasks() {
     let mut env = Env::start().await;
     let jid = job(&env, 3, 0).await;
-    let p = prefix(Q);
-    let j = env.hash(&format!("{p}job:{jid}")).await;
+    let j = env.hash(&qkey(Q, &format!("job:{jid}"))).await;
     assert_eq!(
         (
             j["state"].as_str(),
@@ -62,7 +61,7 @@ async fn a_job_appears_whole_with_its_map_tasks() {
     // The staged input was consumed.
     let staged: bool = env
         .raw
-        .exists(format!("{p}job:{jid}:input"))
+        .exists(qkey(Q, &format!("job:{jid}:input")))
         .await
         .expect("exists");
     assert!(!staged);
@@ -114,8 +113,7 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
         .report(Q, "a", &first, &Outcome::Succeeded("{}".into()), 0)
         .await;
     assert_eq!(stale, Finish::Stale(vec![]));
-    let p = prefix(Q);
-    let j = env.hash(&format!("{p}job:{jid}")).await;
+    let j = env.hash(&qkey(Q, &format!("job:{jid}"))).await;
     assert_eq!(j["done"], "0");
 
     let rerun = env.claim(Q, "b", 1).await.remove(0);
@@ -136,7 +134,7 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
         Outcome::Succeeded(r#"{"c":1}"#.into()),
     )
     .await;
-    let j = env.hash(&format!("{p}job:{jid}")).await;
+    let j = env.hash(&qkey(Q, &format!("job:{jid}"))).await;
     assert_eq!((j["state"].as_str(), j["done"].as_str()), ("running", "2"));
     assert!(!j.contains_key("reduce_task"));
     finish(
@@ -148,7 +146,7 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
     .await;
 
     // The last outcome made the reduce task, once.
-    let j = env.hash(&format!("{p}job:{jid}")).await;
+    let j = env.hash(&qkey(Q, &format!("job:{jid}"))).await;
     let rid = format!("{jid}-reduce");
     assert_eq!(
         (
@@ -159,7 +157,7 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
         ("reducing", "3", rid.as_str())
     );
     let results: Vec<String> = redis::cmd("HMGET")
-        .arg(format!("{p}job:{jid}:results"))
+        .arg(qkey(Q, &format!("job:{jid}:results")))
         .arg(&[0, 1, 2])
         .query_async(&mut env.raw)
         .await
@@ -208,7 +206,7 @@ async fn the_last_map_outcome_makes_the_reduce_task_once_even_after_a_rerun() {
     // Read by the reduce, the map results are dropped with the job's end.
     let kept: bool = env
         .raw
-        .exists(format!("{p}job:{jid}:results"))
+        .exists(qkey(Q, &format!("job:{jid}:results")))
         .await
         .expect("exists");
     assert!(!kept);

@@ -1,7 +1,7 @@
 //! Tests of `Store::submit_task` (submit_task.lua): the stored record, where the task goes
 //! (assigned, pending or parked), and that a duplicate id changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ballast::store::{Finish, Outcome};
@@ -9,7 +9,8 @@ use ballast::{Placement, QueueCounts, TaskSpec, TaskState};
 use serde_json::json;
 
 use crate::harness::{
-    expect_keys, free_score, on, order_score, put, qkey, strmap, take_time, task, Env, ORDER_SHIFT,
+    expect_keys, free_score, function_libraries, on, order_score, put, qkey, strmap, take_time,
+    task, Env, ORDER_SHIFT,
 };
 
 const Q: &str = "jobs";
@@ -324,30 +325,6 @@ async fn a_batch_is_placed_task_by_task() {
     assert_eq!(env.zrange(Q, "parked").await, vec![specs[3].id.clone()]);
     assert_eq!(env.worker_int(Q, "w1", "assigned").await, 3);
     env.assert_sound(Q).await;
-}
-
-/// The function libraries `FUNCTION LIST` shows, each as its name and the names of its
-/// functions (RESP2 gives each entry as a flat key-value array, RESP3 as a map: both read).
-async fn function_libraries(env: &mut Env) -> Vec<(String, Vec<String>)> {
-    let libraries: Vec<BTreeMap<String, redis::Value>> = redis::cmd("FUNCTION")
-        .arg("LIST")
-        .query_async(&mut env.raw)
-        .await
-        .expect("list");
-    libraries
-        .iter()
-        .map(|lib| {
-            let name: String =
-                redis::from_redis_value_ref(&lib["library_name"]).expect("library_name");
-            let functions: Vec<BTreeMap<String, redis::Value>> =
-                redis::from_redis_value_ref(&lib["functions"]).expect("functions");
-            let names = functions
-                .iter()
-                .map(|f| redis::from_redis_value_ref(&f["name"]).expect("function name"))
-                .collect();
-            (name, names)
-        })
-        .collect()
 }
 
 /// Asserts Redis holds one library, ballast's, with its 15 functions, each named

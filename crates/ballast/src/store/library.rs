@@ -140,9 +140,10 @@ impl Function {
     }
 }
 
-/// What goes to Redis for a call: the `FCALL` alone, or in a pipeline after another command
-/// whose reply is dropped. Built once and sent by reference, also when the library has to
-/// be loaded first: a batch call carries up to 1,000 payloads.
+/// What goes to Redis for a call: the `FCALL` alone, or in a pipeline after the `SADD` that
+/// adds its queue to the directory (see [`Call::remembering_queue`]), whose reply is
+/// dropped. Built once and sent by reference, also when the library has to be loaded
+/// first: a batch call carries up to 1,000 payloads.
 enum Request {
     Alone(Cmd),
     Preceded(redis::Pipeline),

@@ -188,7 +188,7 @@ impl<'a> Spec<'a> {
 /// that a start writes one field instead of five: `<lease> <attempts> <runs> <started_at>
 /// <worker>`, where `started_at` is `-` until the run starts and the worker (the rest of the
 /// text) is empty while the task waits. A task never placed has none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Default)]
 pub(crate) struct Run<'a> {
     /// The latest placement's fencing token.
     pub lease: i64,
@@ -676,7 +676,7 @@ impl Store {
     async fn submit_task_once(&self, spec: &TaskSpec, checked: &Checked) -> Result<Placement> {
         let mut conn = self.conn.clone();
         let p = prefix(&spec.queue);
-        let mut call = self.call(&SUBMIT_TASK, format!("{p}task:{}", spec.id));
+        let mut call = self.call(&SUBMIT_TASK, task_key(&p, &spec.id));
         call.remembering_queue(&spec.queue);
         call.arg(&p).arg(&spec.id);
         call.arg(Spec::text(spec, &checked.payload));
@@ -1175,19 +1175,23 @@ impl Store {
                 .arg(body)
                 .arg(ms(delay));
         }
-        let (recorded, rows): (redis::Value, Vec<String>) = call.invoke_async(&mut conn).await?;
+        let (answer, rows): (redis::Value, Vec<String>) = call.invoke_async(&mut conn).await?;
         // Reports all recorded (the usual answer) come back as their number, others as a
-        // flag per report.
-        let flags: Vec<i64> = match recorded {
+        // flag per report, successes first.
+        let recorded = match answer {
             redis::Value::Int(n) if usize::try_from(n) == Ok(reports.len()) => {
-                vec![1; reports.len()]
+                vec![true; reports.len()]
             }
-            other => redis::from_redis_value(other).map_err(redis::RedisError::from)?,
+            other => {
+                let flags: Vec<i64> =
+                    redis::from_redis_value(other).map_err(redis::RedisError::from)?;
+                let mut recorded = vec![false; reports.len()];
+                for (i, flag) in wins.iter().chain(&rest).zip(flags) {
+                    recorded[*i] = flag == 1;
+                }
+                recorded
+            }
         };
-        let mut recorded = vec![false; reports.len()];
-        for (i, flag) in wins.iter().chain(&rest).zip(flags) {
-            recorded[*i] = flag == 1;
-        }
         Ok((recorded, ClaimedTask::from_rows(rows)?))
     }
 
@@ -1379,7 +1383,7 @@ impl Store {
         for chunk in ids.chunks(1000) {
             let mut pipe = redis::pipe();
             for t in chunk {
-                pipe.hget(format!("{p}task:{t}"), "state");
+                pipe.hget(task_key(&p, t), "state");
             }
             let states: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
             for (t, s) in chunk.iter().zip(states) {
@@ -1483,9 +1487,8 @@ impl Store {
     ///   names; the running count matches the records, and each running task's worker has a
     ///   leases entry no later than its deadline;
     /// - every held task names its worker and is assigned or running under its token's lease
-    ///   and cost; each assigned one is in
-    ///   the worker's inbox (which may also hold ids of tasks taken back since: claims skip
-    ///   them).
+    ///   and cost; each assigned one is in the worker's inbox (which may also hold ids of
+    ///   tasks taken back since: claims skip them).
     ///
     /// It reads every key of the queue (SCAN): for tests and audits, not for a hot path.
     pub async fn check_queue(&self, queue: &str) -> Result<Vec<String>> {
@@ -1511,7 +1514,7 @@ impl Store {
         }
         let mut task_keys: Vec<String> = Vec::new();
         {
-            let mut it = conn.scan_match::<_, String>(format!("{p}task:*")).await?;
+            let mut it = conn.scan_match::<_, String>(task_key(&p, "*")).await?;
             while let Some(k) = futures_util::StreamExt::next(&mut it).await {
                 task_keys.push(k?);
             }
